@@ -1,0 +1,278 @@
+"""The ``rnnkit`` command line: train, sample, eval.
+
+Every error a user can cause prints one line (``error: what is wrong — what to do``) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+import typing
+from pathlib import Path
+
+from rnnkit import __version__
+from rnnkit.errors import ConfigError, RnnkitError
+
+MAIN_JOB_SAMPLE = 300
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"error: {message} — see `{self.prog} --help`\n")
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str) -> list[str]:
+    """One ``--kebab-case`` flag per dataclass field (``metadata={"cli": False}`` skips one).
+
+    Defaults are left as None so the caller can tell which flags were given; the dataclass holds the defaults.
+    """
+    group = parser.add_argument_group(group_title)
+    hints = typing.get_type_hints(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli", True) is False:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = hints[f.name]
+        args = typing.get_args(kind)
+        if args:  # X | None
+            kind = next(a for a in args if a is not type(None))
+        help_text = f.metadata.get("help", "") + ("" if f.default is None else f" (default: {f.default})")
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            metavar = f.name.split("_")[-1].upper()
+            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar, help=help_text)
+        names.append(f.name)
+    return names
+
+
+def given(args: argparse.Namespace, names: list[str]) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rnnkit.models.language_model import LanguageModelConfig
+    from rnnkit.train import TrainConfig
+
+    parser = _Parser(prog="rnnkit", description="Recurrent neural networks: train, sample and evaluate.")
+    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a character-level language model",
+                       description="Train a character-level language model by stateful truncated BPTT.")
+    p.add_argument("--data", help="a UTF-8 text file, 'shakespeare', or 'builtin' (default: the built-in corpus)")
+    p.add_argument("--out", type=Path, help="run directory to create (default: runs/<date-time>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    p.add_argument("--sample-length", type=int, default=MAIN_JOB_SAMPLE,
+                   help=f"characters to sample when training ends, 0 for none (default: {MAIN_JOB_SAMPLE})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, LanguageModelConfig, "model"),
+                   train_flags=add_dataclass_args(p, TrainConfig, "training"))
+
+    p = sub.add_parser("sample", help="generate text from a trained model")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--prompt", default="", help="text that primes the state; it is printed first")
+    p.add_argument("--length", type=int, default=500, help="characters to generate (default: 500)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied (default: 0.8)")
+    p.add_argument("--top-k", type=int, help="sample only from the K most likely characters")
+    p.add_argument("--top-p", type=float, help="sample only from the smallest set with probability >= P")
+    p.add_argument("--seed", type=int, help="random seed, for reproducible samples")
+    p.add_argument("--num-samples", type=int, default=1, help="samples generated together (default: 1)")
+    _add_load_args(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("eval", help="validation loss of a trained model in nats/char and bits/char")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--data", help="corpus to evaluate on (default: the one the run trained on)")
+    p.add_argument("--split", choices=("val", "all"), default="val",
+                   help="val: the last 10%% of the corpus (default); all: the whole file")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _add_load_args(p)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def _add_load_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", choices=("best", "last"), default="best",
+                   help="best validation loss (default) or the latest weights")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def info(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, build_model, read_config, write_json
+    from rnnkit.data import CharVocab, build_vocab, encode_file, resolve_corpus, split_tokens
+    from rnnkit.data.datasets import sha256_file
+    from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
+    from rnnkit.train import TrainConfig, Trainer
+
+    if args.sample_length < 0:
+        raise ConfigError(f"--sample-length must be >= 0 (got {args.sample_length})")
+    model_flags, train_flags = given(args, args.model_flags), given(args, args.train_flags)
+    if args.resume:
+        run_dir = args.resume
+        if args.out is not None and args.out.resolve() != run_dir.resolve():
+            raise ConfigError("--resume continues RUN_DIR in place — drop --out or make it the same directory")
+        config = read_config(run_dir)
+        changed = {k: v for k, v in model_flags.items() if config["model"].get(k) != v}
+        if changed or args.data is not None:
+            what = ", ".join("--" + k.replace("_", "-") for k in changed) or "--data"
+            raise ConfigError(f"{what} cannot change when resuming — resume without it, or start a new --out")
+        train_config = TrainConfig(**{**config["train"], **train_flags})
+        path = Path(config["data"]["path"])
+        if not path.exists() or sha256_file(path) != config["data"]["sha256"]:
+            raise RnnkitError(f"the corpus {path} is missing or changed since the run started — restore it "
+                              "to resume, or start a new --out")
+        vocab = CharVocab.from_dict(config["vocab"])
+        ids = encode_file(path, vocab)
+        model = build_model(config)
+        description = config["data"]["description"]
+    else:
+        run_dir = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        if (run_dir / CONFIG).exists():
+            raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
+                              "or choose another --out")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} is a file — choose a directory for --out")
+        train_config = TrainConfig(**train_flags)
+        if not train_config.max_steps and not train_config.minutes:
+            train_config.minutes = 10.0
+            info("budget: 10 minutes (the default; set --minutes or --max-steps)")
+        path, description = resolve_corpus(args.data)
+        vocab, _ = build_vocab(path)
+        ids = encode_file(path, vocab)
+        torch.manual_seed(train_config.seed)
+        model = LanguageModel(LanguageModelConfig(vocab_size=len(vocab), **model_flags))
+        config = {
+            "format_version": FORMAT_VERSION, "kind": "language_model", "rnnkit_version": __version__,
+            "model": model.config.to_dict(), "vocab": vocab.to_dict(), "train": train_config.to_dict(),
+            "data": {"source": args.data or "builtin", "path": str(path.resolve()), "sha256": sha256_file(path),
+                     "description": description, "characters": int(len(ids)), "val_fraction": 0.1},
+        }
+    train_ids, val_ids = split_tokens(ids)
+    trainer = Trainer(model, train_ids, val_ids, train_config, run_dir, show_progress=not args.quiet)
+    if args.resume:
+        trainer.resume()
+        config["train"] = train_config.to_dict()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG, config)
+
+    info(f"data: {description}; {len(vocab)} distinct characters, {len(train_ids):,} train / "
+         f"{len(val_ids):,} validation")
+    m = model.config
+    info(f"model: {m.num_layers}x{m.hidden_size} {m.cell.upper()}, {model.num_parameters():,} parameters, "
+         f"{'fused' if model.rnn.uses_fused else 'explicit'} path on {trainer.device}")
+    budget = " and ".join(x for x in (f"{train_config.max_steps} steps" if train_config.max_steps else "",
+                                      f"{train_config.minutes:g} minutes" if train_config.minutes else "") if x)
+    verb = f"resuming at step {trainer.step}" if args.resume else "training"
+    info(f"{verb}: batch {train_config.batch_size} x window {train_config.seq_len}, budget {budget}; run dir {run_dir}")
+
+    summary = trainer.fit()
+    best = summary["best_val_loss"]
+    if summary["interrupted"]:
+        info(f"stopped at step {summary['step']}; continue with: rnnkit train --resume {run_dir}")
+        return 130
+    tps = summary["tokens"] / max(summary["elapsed_s"], 1e-9)
+    info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s ({tps:,.0f} tokens/s overall); "
+         f"validation loss {summary['val_loss']:.4f} nats/char ({summary['val_loss'] / math.log(2):.4f} bits/char), "
+         f"best {best:.4f}; checkpoints, metrics.csv and loss.png in {run_dir}")
+    if args.sample_length:
+        info(f"sample (temperature 0.8, {args.sample_length} characters):")
+        _stream_sample(trainer.model, vocab, "", args.sample_length, 0.8, None, None, train_config.seed)
+    return 0
+
+
+# -- sample --------------------------------------------------------------------------------------------------
+def _start_prompt(vocab) -> str:
+    return "\n" if "\n" in vocab else vocab.chars[0]
+
+
+def _stream_sample(model, vocab, prompt, length, temperature, top_k, top_p, seed) -> None:
+    from rnnkit.generate import generate
+
+    ids = vocab.encode(prompt or _start_prompt(vocab)).tolist()
+    out = sys.stdout
+    out.write(prompt)
+    generate(model, ids, length, temperature, top_k, top_p, 1, seed,
+             on_tokens=lambda tok: (out.write(vocab.chars[int(tok[0])]), out.flush()))
+    out.write("\n")
+    out.flush()
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import load_run
+    from rnnkit.generate import check_sampling, generate
+    from rnnkit.train import resolve_device
+
+    check_sampling(args.temperature, args.top_k, args.top_p, args.length, args.num_samples)
+    model, vocab, _ = load_run(args.run_dir, args.weights, resolve_device(args.device))
+    vocab.encode(args.prompt)  # unknown characters fail here, before anything is printed
+    if args.num_samples == 1:
+        _stream_sample(model, vocab, args.prompt, args.length, args.temperature, args.top_k, args.top_p, args.seed)
+        return 0
+    ids = vocab.encode(args.prompt or _start_prompt(vocab)).tolist()
+    tokens = generate(model, ids, args.length, args.temperature, args.top_k, args.top_p, args.num_samples, args.seed)
+    for i, row in enumerate(tokens.tolist()):
+        print(f"--- sample {i + 1} ---")
+        print(args.prompt + vocab.decode(row))
+    return 0
+
+
+# -- eval ----------------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import load_run
+    from rnnkit.data import encode_file, resolve_corpus, split_tokens
+    from rnnkit.errors import CorpusError
+    from rnnkit.train import evaluate, resolve_device
+
+    device = resolve_device(args.device)
+    model, vocab, config = load_run(args.run_dir, args.weights, device)
+    if args.data is not None:
+        path, _ = resolve_corpus(args.data)
+    else:
+        path = Path(config["data"]["path"])
+        if not path.exists():
+            path, _ = resolve_corpus(config["data"]["source"])
+    ids = encode_file(path, vocab)
+    tokens = split_tokens(ids)[1] if args.split == "val" else ids
+    if len(tokens) < 2:
+        raise CorpusError(f"{path} is too short to evaluate — pass a larger corpus")
+    loss = evaluate(model, tokens, config["train"]["eval_streams"], device)
+    result = {"val_loss": loss, "bpc": loss / math.log(2), "characters": int(len(tokens)) - 1,
+              "data": str(path), "split": args.split, "weights": args.weights}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{loss:.4f} nats/char ({loss / math.log(2):.4f} bits/char) over {result['characters']:,} "
+              f"characters ({'last 10%' if args.split == 'val' else 'all'} of {path}, {args.weights} weights)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except RnnkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `rnnkit sample ... | head`
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

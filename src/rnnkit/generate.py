@@ -1,0 +1,92 @@
+"""Generation: prime the state with a prompt, then sample one token at a time, carrying the state.
+
+Each new token costs one step of the cells — constant work, however long the text already is.
+Shape letters: B samples generated together, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from rnnkit.errors import ConfigError
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int) -> None:
+    if temperature < 0:
+        raise ConfigError(f"temperature must be >= 0 (got {temperature}); 0 means greedy")
+    if top_k is not None and top_k <= 0:
+        raise ConfigError(f"top-k must be positive (got {top_k})")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ConfigError(f"top-p must be in (0, 1] (got {top_p})")
+    if length < 0:
+        raise ConfigError(f"length must be >= 0 (got {length})")
+    if num_samples <= 0:
+        raise ConfigError(f"num-samples must be positive (got {num_samples})")
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set to -inf every logit outside the top ``k`` and outside the smallest set whose probability reaches ``p``.
+
+    ``logits (B, V)``; the most likely token always survives.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # probability mass of the tokens ranked above each one
+        drop_sorted = before >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def next_token(logits: Tensor, temperature: float, top_k: int | None, top_p: float | None,
+               generator: torch.Generator | None) -> Tensor:
+    """``logits (B, V)`` -> ``tokens (B,)``: argmax at temperature 0, else a draw from the filtered softmax."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    prompt: Sequence[int],
+    length: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    num_samples: int = 1,
+    seed: int | None = None,
+    on_tokens: Callable[[Tensor], None] | None = None,
+) -> Tensor:
+    """Sample ``length`` tokens after ``prompt`` for ``num_samples`` rows at once; returns ``(B, length)`` ids.
+
+    The prompt (at least one token) primes the state in one forward pass; then each token is one
+    ``model.step``. ``on_tokens`` sees every new ``(B,)`` column as it is sampled (for streaming).
+    """
+    check_sampling(temperature, top_k, top_p, length, num_samples)
+    if len(prompt) == 0:
+        raise ConfigError("the prompt must hold at least one token")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else torch.seed())
+    model.eval()
+    x = torch.as_tensor(list(prompt), dtype=torch.long, device=device).expand(num_samples, -1)  # (B, P)
+    out = model(x)
+    logits, state = out.logits[:, -1], out.state  # (B, V)
+    tokens = torch.empty(num_samples, length, dtype=torch.long, device=device)
+    for t in range(length):
+        tok = next_token(logits, temperature, top_k, top_p, generator)
+        tokens[:, t] = tok
+        if on_tokens is not None:
+            on_tokens(tok)
+        if t + 1 < length:
+            logits, state = model.step(tok, state)
+    return tokens

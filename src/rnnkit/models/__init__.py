@@ -1,0 +1,9 @@
+"""Task models. Every one returns ``Output(logits, loss, state)`` from ``forward(x, state=None, targets=None)``."""
+
+from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
+from rnnkit.models.output import Output
+
+# kind name in config.json -> (model class, config class); the checkpoint loader rebuilds models from it.
+MODEL_KINDS = {"language_model": (LanguageModel, LanguageModelConfig)}
+
+__all__ = ["MODEL_KINDS", "LanguageModel", "LanguageModelConfig", "Output"]

@@ -1,0 +1,100 @@
+"""Many-to-many: the character-level language model.
+
+Shape letters: B batch, T time, E embedding size, H hidden units, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from rnnkit.data.streams import IGNORE_INDEX
+from rnnkit.errors import ConfigError
+from rnnkit.models.output import Output
+from rnnkit.nn.cells import CELL_TYPES, State
+from rnnkit.nn.recurrent import PATHS, Recurrent
+
+
+
+@dataclass
+class LanguageModelConfig:
+    """Everything needed to rebuild a LanguageModel; saved as JSON beside the weights."""
+
+    vocab_size: int = field(default=0, metadata={"cli": False})
+    cell: str = field(default="lstm", metadata={"help": f"recurrent cell: {', '.join(CELL_TYPES)}"})
+    hidden_size: int = field(default=512, metadata={"help": "hidden units per layer (H)"})
+    num_layers: int = field(default=2, metadata={"help": "stacked recurrent layers"})
+    embedding_size: int = field(default=128, metadata={"help": "character embedding size (E)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout between layers and before the head"})
+    tie_weights: bool = field(
+        default=False, metadata={"help": "share the embedding and output weights (needs E == H)"}
+    )
+    path: str = field(default="auto", metadata={"help": "recurrent path: auto (fused when possible), fused, explicit"})
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELL_TYPES:
+            raise ConfigError(f"unknown cell {self.cell!r} — use one of {', '.join(CELL_TYPES)}")
+        for name in ("hidden_size", "num_layers", "embedding_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
+        if self.vocab_size < 0:
+            raise ConfigError(f"vocab_size must be positive (got {self.vocab_size})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ConfigError(
+                f"tie_weights needs embedding_size == hidden_size (got {self.embedding_size} and "
+                f"{self.hidden_size}) — pass --embedding-size {self.hidden_size}"
+            )
+        if self.path not in PATHS:
+            raise ConfigError(f"unknown path {self.path!r} — use one of {', '.join(PATHS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LanguageModel(nn.Module):
+    """embedding -> recurrent layer -> dropout -> linear head, predicting the next token at every step.
+
+    ``forward(x (B, T) token ids, state=None, targets=None (B, T)) -> Output(logits (B, T, V), loss, state)``.
+    Targets equal to -100 are ignored. ``step(tokens (B,), state)`` advances one token for generation.
+    """
+
+    def __init__(self, config: LanguageModelConfig) -> None:
+        super().__init__()
+        if config.vocab_size <= 0:
+            raise ConfigError("vocab_size must be positive — build the vocabulary before the model")
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.rnn = Recurrent(
+            config.cell, config.embedding_size, config.hidden_size, config.num_layers,
+            dropout=config.dropout, path=config.path,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, config.vocab_size)
+        if config.tie_weights:
+            self.head.weight = self.embedding.weight  # one (V, H) matrix reads and writes characters
+
+    def init_state(self, batch_size: int) -> State:
+        return self.rnn.init_state(batch_size)
+
+    def forward(self, x: Tensor, state: State | None = None, targets: Tensor | None = None) -> Output:
+        emb = self.embedding(x)  # (B, T, E)
+        y, state = self.rnn(emb, state)  # (B, T, H)
+        logits = self.head(self.drop(y))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return Output(logits, loss, state)
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token per row: ``tokens (B,)`` -> ``(logits (B, V), state)``. Constant work per token."""
+        y, state = self.rnn.step(self.embedding(tokens), state)  # (B, H)
+        return self.head(y), state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,40 @@
+"""Plots written as PNG files (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from rnnkit.checkpoint import atomic_write  # noqa: E402
+
+
+def plot_losses(rows: list[dict], path: Path) -> Path:
+    """Training and validation loss (nats/char, left axis; bits/char on the right) against step."""
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train (window mean)", lw=1.2, alpha=0.8)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation", lw=1.6, ms=3)
+        best = min(v for _, v in val)
+        ax.axhline(best, color="gray", ls=":", lw=1)
+        ax.set_title(f"best validation {best:.4f} nats/char ({best / math.log(2):.4f} bits/char)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/char)")
+    secondary = ax.secondary_yaxis("right", functions=(lambda n: n / math.log(2), lambda b: b * math.log(2)))
+    secondary.set_ylabel("bits/char")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write(Path(path), buf.getvalue())
+    return Path(path)

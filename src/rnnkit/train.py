@@ -1,0 +1,383 @@
+"""The trainer: stateful truncated BPTT, AdamW with warm-up + cosine decay, gradient clipping, validation over the
+whole validation split, checkpoints, metrics and a loss curve.
+
+Works with any model that has ``init_state(B)`` and ``forward(x, state, targets) -> Output(logits, loss, state)``.
+Shape letters: B streams (batch), T window length.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from rnnkit.checkpoint import (
+    BEST, MODEL, TRAINER_STATE, load_model_tensors, load_tensors, model_tensors, save_tensors,
+)
+from rnnkit.data.streams import Streams
+from rnnkit.errors import CheckpointError, ConfigError, CorpusError, TrainingDiverged
+from rnnkit.metrics import MetricsLog
+from rnnkit.nn.cells import State
+from rnnkit.nn.recurrent import map_state
+
+
+@dataclass
+class TrainConfig:
+    """One training run; saved in config.json. CLI flags are derived from these fields."""
+
+    batch_size: int = field(default=64, metadata={"help": "parallel streams per step (B)"})
+    seq_len: int = field(default=128, metadata={"help": "TBPTT window: steps backpropagated per update (T)"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (AdamW)"})
+    min_lr_ratio: float = field(default=0.05, metadata={"help": "final learning rate as a fraction of --lr"})
+    warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay on weight matrices"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm at this value; 0 turns it off"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many updates"})
+    minutes: float | None = field(default=None, metadata={"help": "stop after this much wall time"})
+    eval_interval: int = field(default=100, metadata={"help": "validate and checkpoint every N steps"})
+    eval_streams: int = field(default=16, metadata={"help": "parallel streams for validation"})
+    log_interval: int = field(default=10, metadata={"help": "write a metrics.csv row every N steps"})
+    seed: int = field(default=1337, metadata={"help": "random seed (initialisation, dropout, data offsets)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "eval_interval", "eval_streams", "log_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive (got {self.lr})")
+        if self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("warmup_steps, weight_decay and grad_clip must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1] (got {self.min_lr_ratio})")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"max_steps must be positive (got {self.max_steps})")
+        if self.minutes is not None and not self.minutes > 0:
+            raise ConfigError(f"minutes must be positive (got {self.minutes})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when there is one; asking for CUDA without one is an error, not a silent fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} — use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} but no CUDA device is available — use --device cpu or auto")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r} — use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def detach_state(state: State | None) -> State | None:
+    """Cut the graph at the window edge so BPTT stops here.
+
+    The values carry on into the next window — the model keeps its memory of the stream — but gradients
+    from the next window's loss do not flow back into this one. Without this, every update would
+    backpropagate through the whole history seen so far, and time and memory would grow without bound.
+    """
+    return None if state is None else map_state(lambda t: t.detach(), state)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, tokens: np.ndarray, streams: int, device: torch.device, window: int = 1024) -> float:
+    """Mean next-token loss (nats) over every target of ``tokens``, state carried across windows.
+
+    With the state carried, the result does not depend on ``window``; only on ``streams`` (each stream starts
+    from the zero state).
+    """
+    was_training = model.training
+    model.eval()
+    batches = Streams(tokens, min(streams, len(tokens) - 1), window)
+    total, count, state = 0.0, 0, None
+    for k in range(len(batches)):
+        x, y = (t.to(device) for t in batches.window(k))
+        out = model(x, state)
+        state = out.state
+        logits = out.logits.float().flatten(0, 1)  # (B*T, V)
+        total += nn.functional.cross_entropy(logits, y.flatten(), ignore_index=-100, reduction="sum").item()
+        count += int((y != -100).sum())
+    model.train(was_training)
+    return total / count
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (embedding, recurrent and head weights), none on biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+
+
+class Trainer:
+    """Trains a token-stream model by stateful truncated BPTT, writing checkpoints into ``run_dir``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_tokens: np.ndarray,
+        val_tokens: np.ndarray,
+        config: TrainConfig,
+        run_dir: str | Path,
+        show_progress: bool = True,
+    ) -> None:
+        self.config, self.run_dir, self.show_progress = config, Path(run_dir), show_progress
+        self.device = resolve_device(config.device)
+        per_stream = (len(train_tokens) - 1) // config.batch_size
+        if per_stream < config.seq_len:
+            raise CorpusError(
+                f"the training split ({len(train_tokens):,} characters) is shorter than one window per stream "
+                f"(batch_size {config.batch_size} x seq_len {config.seq_len}) — pass a larger corpus or lower "
+                "--batch-size / --seq-len"
+            )
+        if len(val_tokens) < 2:
+            raise CorpusError("the validation split needs at least 2 characters — pass a larger corpus")
+        self.train_tokens, self.val_tokens = train_tokens, val_tokens
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, config)
+        self.metrics = MetricsLog(self.run_dir)
+        # training position: everything here is saved in trainer_state and restored by resume()
+        self.step = self.epoch = self.window = self.tokens_seen = 0
+        self.elapsed = 0.0
+        self.best_val = math.inf
+        self.last_val: float | None = None
+        self.state: State | None = None  # the hidden state carried from the previous window
+        self._streams: Streams | None = None
+        self._stop = False
+
+    # -- data ------------------------------------------------------------------------------------------------
+    def _epoch_streams(self, epoch: int) -> Streams:
+        """Epoch 0 starts at the first character; later epochs shift by a seeded offset below T, so windows
+        do not fall on the same edges every epoch."""
+        offset = 0 if epoch == 0 else int(np.random.default_rng([self.config.seed, epoch]).integers(self.config.seq_len))
+        return Streams(self.train_tokens[offset:], self.config.batch_size, self.config.seq_len)
+
+    def _next_batch(self) -> tuple[Tensor, Tensor]:
+        if self._streams is None:
+            self._streams = self._epoch_streams(self.epoch)
+        if self.window >= len(self._streams):
+            self.epoch, self.window, self.state = self.epoch + 1, 0, None  # new streams start from zero state
+            self._streams = self._epoch_streams(self.epoch)
+        x, y = self._streams.window(self.window)
+        self.window += 1
+        return x.to(self.device), y.to(self.device)
+
+    # -- schedule --------------------------------------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of the budget used: steps or wall time, whichever is further along."""
+        c = self.config
+        p = self.step / c.max_steps if c.max_steps else 0.0
+        if c.minutes:
+            p = max(p, self.elapsed / (60.0 * c.minutes))
+        return p
+
+    def lr(self) -> float:
+        """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` over the budget."""
+        c = self.config
+        warm = min(1.0, (self.step + 1) / c.warmup_steps) if c.warmup_steps else 1.0
+        p = min(1.0, self.progress())
+        return c.lr * warm * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+    # -- one update ------------------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float, int]:
+        """One TBPTT window: forward with the carried state, backward, clip, AdamW. Returns (loss, norm, tokens)."""
+        x, y = self._next_batch()
+        lr = self.lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        out = self.model(x, self.state, y)
+        if not torch.isfinite(out.loss):
+            raise self._diverged(f"the loss became {out.loss.item()}")
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if not torch.isfinite(norm):
+            raise self._diverged(f"the gradient norm became {norm.item()}")
+        self.optimizer.step()
+        self.state = detach_state(out.state)
+        self.step += 1
+        n = int((y != -100).sum())
+        self.tokens_seen += n
+        return out.loss.item(), norm.item(), n
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        kept = f"the last good checkpoint in {self.run_dir} is untouched" if (self.run_dir / MODEL).exists() else (
+            "no checkpoint had been written yet"
+        )
+        return TrainingDiverged(
+            f"{what} at step {self.step + 1}; {kept} — lower --lr or --grad-clip and resume or train again"
+        )
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def fit(self, until_step: int | None = None) -> dict:
+        """Train until the budget (``max_steps`` / ``minutes``) or ``until_step`` is reached, or Ctrl-C.
+
+        Validates and checkpoints every ``eval_interval`` steps and at the end. Returns a summary dict.
+        """
+        c = self.config
+        if not c.max_steps and not c.minutes:
+            raise ConfigError("give a budget: --max-steps N or --minutes M")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        restore = self._install_sigint()
+        bar = self._progress_bar()
+        interval_loss, interval_n, interval_tokens, interval_time = 0.0, 0, 0, 0.0
+        norm = 0.0
+        try:
+            while self.progress() < 1.0 and not self._stop and (until_step is None or self.step < until_step):
+                t0 = time.perf_counter()
+                loss, norm, n = self.train_step()
+                dt = time.perf_counter() - t0
+                interval_loss, interval_n = interval_loss + loss, interval_n + 1
+                interval_tokens, interval_time = interval_tokens + n, interval_time + dt
+                self.elapsed += dt
+                val = None
+                if self.step % c.eval_interval == 0:
+                    val = self._validate_and_save()
+                if self.step % c.log_interval == 0 or val is not None:
+                    tps = interval_tokens / max(interval_time, 1e-9)
+                    self.metrics.log(
+                        step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3), lr=self.lr(),
+                        loss=interval_loss / interval_n, grad_norm=norm, val_loss=val, tokens_per_s=round(tps, 1),
+                    )
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{interval_loss / interval_n:.3f}", val=self._fmt_val(),
+                                        tok_s=f"{tps:,.0f}", refresh=False)
+                    interval_loss, interval_n, interval_tokens, interval_time = 0.0, 0, 0, 0.0
+                if bar is not None:
+                    bar.n = self.step if not c.minutes else round(self.elapsed, 1)
+                    bar.refresh() if bar.n >= bar.total else bar.update(0)
+            interrupted = self._stop
+            if self.step % c.eval_interval != 0 and not interrupted:
+                val = self._validate_and_save()
+                self.metrics.log(step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
+                                 lr=self.lr(), loss=None, grad_norm=norm, val_loss=val, tokens_per_s=None)
+            elif interrupted:
+                self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+            restore()
+        self.metrics.plot()
+        return {
+            "step": self.step, "tokens": self.tokens_seen, "elapsed_s": self.elapsed, "val_loss": self.last_val,
+            "best_val_loss": self.best_val, "interrupted": interrupted,
+        }
+
+    def _fmt_val(self) -> str:
+        return "-" if self.last_val is None else f"{self.last_val:.3f}"
+
+    def _progress_bar(self) -> tqdm | None:
+        if not self.show_progress:
+            return None
+        c = self.config
+        if c.minutes:
+            total, unit = 60.0 * c.minutes, "s"
+        else:
+            total, unit = c.max_steps, "step"
+        bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}{postfix}]",
+                   disable=None)
+        bar.n = self.step if not c.minutes else self.elapsed
+        return bar
+
+    def _install_sigint(self):
+        """Ctrl-C finishes the current step, saves the last checkpoint and returns."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            if self._stop:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self._stop = True
+            tqdm.write("interrupted: saving the last checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+        previous = signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    def _validate_and_save(self) -> float:
+        t0 = time.perf_counter()
+        val = evaluate(self.model, self.val_tokens, self.config.eval_streams, self.device)
+        self.last_val = val
+        improved = val < self.best_val
+        if improved:
+            self.best_val = val
+        self.save(best=improved)
+        self.elapsed += time.perf_counter() - t0
+        return val
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def save(self, best: bool = False) -> None:
+        """Write model.safetensors (and best.safetensors), then trainer_state.safetensors.
+
+        trainer_state holds its own copy of the weights, so resuming reads one file written in one atomic step.
+        """
+        weights = model_tensors(self.model)
+        meta = {"step": self.step, "val_loss": self.last_val}
+        save_tensors(self.run_dir / MODEL, weights, meta)
+        if best:
+            save_tensors(self.run_dir / BEST, weights, meta)
+        tensors = {f"model.{k}": v for k, v in weights.items()}
+        sd = self.optimizer.state_dict()
+        for pid, st in sd["state"].items():
+            for k, v in st.items():
+                tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        state_kind = "none"
+        if self.state is not None:
+            parts = self.state if isinstance(self.state, tuple) else (self.state,)
+            state_kind = "tuple" if isinstance(self.state, tuple) else "tensor"
+            for i, t in enumerate(parts):
+                tensors[f"carry.{i}"] = t
+        save_tensors(self.run_dir / TRAINER_STATE, tensors, {
+            "step": self.step, "epoch": self.epoch, "window": self.window, "tokens_seen": self.tokens_seen,
+            "elapsed_s": self.elapsed, "best_val": None if math.isinf(self.best_val) else self.best_val,
+            "last_val": self.last_val, "param_groups": sd["param_groups"], "state_kind": state_kind,
+        })
+
+    def resume(self) -> None:
+        """Restore everything ``save`` wrote, so training continues exactly where it stopped."""
+        path = self.run_dir / TRAINER_STATE
+        if not path.exists():
+            raise CheckpointError(f"{self.run_dir} has no {TRAINER_STATE} to resume from — train without --resume")
+        tensors, meta = load_tensors(path)
+        try:
+            load_model_tensors(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
+            state: dict[int, dict] = {}
+            for name, t in tensors.items():
+                if name.startswith("optim."):
+                    _, pid, key = name.split(".", 2)
+                    state.setdefault(int(pid), {})[key] = t
+            self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            torch.set_rng_state(tensors["rng.torch"])
+            if "rng.cuda" in tensors and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            self.step, self.epoch, self.window = meta["step"], meta["epoch"], meta["window"]
+            self.tokens_seen, self.elapsed = meta["tokens_seen"], meta["elapsed_s"]
+            self.best_val = math.inf if meta["best_val"] is None else meta["best_val"]
+            self.last_val = meta["last_val"]
+            carry = [tensors[f"carry.{i}"].to(self.device) for i in range(2) if f"carry.{i}" in tensors]
+            self.state = {"none": None, "tensor": carry[0] if carry else None, "tuple": tuple(carry)}[meta["state_kind"]]
+        except (KeyError, ValueError, IndexError, RuntimeError) as e:
+            raise CheckpointError(f"{path} is incomplete ({e}) — the checkpoint is damaged") from None
+        self._streams = self._epoch_streams(self.epoch)
+        self.metrics.truncate(self.step)
