@@ -48,6 +48,8 @@ class TrainConfig:
     log_interval: int = field(default=10, metadata={"help": "write a metrics.csv row every N steps"})
     seed: int = field(default=1337, metadata={"help": "random seed (initialisation, dropout, data offsets)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+    precision: str = field(default="bf16", metadata={
+        "help": "fp32, or bf16 (autocast: bfloat16 matrix products, fp32 weights, optimizer and validation)"})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "seq_len", "eval_interval", "eval_streams", "log_interval"):
@@ -63,6 +65,8 @@ class TrainConfig:
             raise ConfigError(f"max_steps must be positive (got {self.max_steps})")
         if self.minutes is not None and not self.minutes > 0:
             raise ConfigError(f"minutes must be positive (got {self.minutes})")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"unknown precision {self.precision!r} — use fp32 or bf16")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -202,7 +206,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        out = self.model(x, self.state, y)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.config.precision == "bf16"):
+            out = self.model(x, self.state, y)
         if not torch.isfinite(out.loss):
             raise self._diverged(f"the loss became {out.loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)

@@ -47,5 +47,5 @@ class Streams:
         valid = t[None, :] < self.lengths[:, None]  # (B, T)
         idx = np.where(valid, self.starts[:, None] + t[None, :], 0)
         x = torch.from_numpy(self.tokens[idx].astype(np.int64))  # (B, T)
-        y = torch.from_numpy(np.where(valid, self.tokens[idx + 1], IGNORE_INDEX).astype(np.int64))
+        y = torch.from_numpy(np.where(valid, self.tokens[idx + 1].astype(np.int64), IGNORE_INDEX))
         return x, y

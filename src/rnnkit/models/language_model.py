@@ -87,7 +87,7 @@ class LanguageModel(nn.Module):
         logits = self.head(self.drop(y))  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return Output(logits, loss, state)
 
     @torch.no_grad()
