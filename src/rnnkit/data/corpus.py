@@ -32,6 +32,8 @@ def iter_text(path: str | Path) -> Iterator[str]:
     try:
         with open(path, "rb") as f:
             while raw := f.read(CHUNK_BYTES):
+                if b"\x00" in raw:  # no UTF-8 text holds NUL; binary files nearly always do
+                    raise CorpusError(f"{path} looks binary (it contains NUL bytes) — pass a UTF-8 text file")
                 try:
                     text = decoder.decode(raw)
                 except UnicodeDecodeError as e:
@@ -39,8 +41,6 @@ def iter_text(path: str | Path) -> Iterator[str]:
                         f"{path} is not valid UTF-8 (byte {offset + e.start}) — convert it first, "
                         "e.g. iconv -f LATIN1 -t UTF-8"
                     ) from None
-                if "\x00" in text:
-                    raise CorpusError(f"{path} looks binary (it contains NUL bytes) — pass a UTF-8 text file")
                 offset += len(raw)
                 yield text
             try:

@@ -87,7 +87,8 @@ class LanguageModel(nn.Module):
         logits = self.head(self.drop(y))  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+            wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast: loss in fp32
+            loss = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return Output(logits, loss, state)
 
     @torch.no_grad()

@@ -1,0 +1,107 @@
+"""Checkpoints: round trip, tamper and corruption detection, version checks, atomic writes."""
+
+import json
+
+import pytest
+import torch
+
+from rnnkit.checkpoint import (
+    BEST, CONFIG, FORMAT_VERSION, MODEL, atomic_write, load_run, load_tensors, model_tensors, save_tensors, write_json,
+)
+from rnnkit.data import CharVocab
+from rnnkit.errors import CheckpointError
+from rnnkit.models import LanguageModel, LanguageModelConfig
+
+
+def write_run(run_dir, tie=False):
+    vocab = CharVocab("abcdefgh \n")
+    cfg = LanguageModelConfig(vocab_size=len(vocab), cell="gru", hidden_size=12, num_layers=2,
+                              embedding_size=12, tie_weights=tie)
+    model = LanguageModel(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG, {"format_version": FORMAT_VERSION, "kind": "language_model",
+                                  "model": cfg.to_dict(), "vocab": vocab.to_dict(), "train": {}})
+    save_tensors(run_dir / MODEL, model_tensors(model), {"step": 3})
+    return model, vocab
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_round_trip_gives_identical_logits(tmp_path, tie):
+    model, vocab = write_run(tmp_path / "run", tie)
+    loaded, loaded_vocab, config = load_run(tmp_path / "run", "last")
+    x = torch.randint(0, len(vocab), (2, 15))
+    assert torch.equal(model.eval()(x).logits, loaded(x).logits)
+    assert loaded_vocab.chars == vocab.chars
+    if tie:
+        assert loaded.head.weight is loaded.embedding.weight
+
+
+def test_best_falls_back_to_last_and_prefers_best(tmp_path):
+    model, _ = write_run(tmp_path / "run")
+    loaded, _, _ = load_run(tmp_path / "run", "best")  # no best.safetensors yet: last
+    assert torch.equal(loaded.head.weight, model.head.weight)
+    other = {k: v + 1 for k, v in model_tensors(model).items()}
+    save_tensors(tmp_path / "run" / BEST, other)
+    loaded, _, _ = load_run(tmp_path / "run", "best")
+    assert torch.equal(loaded.head.weight, model.head.weight + 1)
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    write_run(tmp_path / "run")
+    path = tmp_path / "run" / MODEL
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x01  # one bit in the tensor data; safetensors itself would not notice
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_run(tmp_path / "run", "last")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_weights_are_refused(tmp_path, damage):
+    write_run(tmp_path / "run")
+    path = tmp_path / "run" / MODEL
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_run(tmp_path / "run", "last")
+
+
+def test_other_format_version_is_refused(tmp_path):
+    write_run(tmp_path / "run")
+    cfg = json.loads((tmp_path / "run" / CONFIG).read_text())
+    cfg["format_version"] = FORMAT_VERSION + 1
+    (tmp_path / "run" / CONFIG).write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=f"format {FORMAT_VERSION + 1}"):
+        load_run(tmp_path / "run")
+
+
+def test_missing_run_and_missing_weights(tmp_path):
+    with pytest.raises(CheckpointError, match="not a run directory"):
+        load_run(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_run(tmp_path / "empty")
+    write_run(tmp_path / "run")
+    (tmp_path / "run" / MODEL).unlink()
+    with pytest.raises(CheckpointError, match="no weights"):
+        load_run(tmp_path / "run")
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path):
+    write_run(tmp_path / "run")
+    save_tensors(tmp_path / "run" / MODEL, {"head.weight": torch.zeros(3, 3)})
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_run(tmp_path / "run", "last")
+
+
+def test_metadata_round_trip_and_atomic_write_leaves_no_temp_files(tmp_path):
+    tensors = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.tensor([1, 2], dtype=torch.int64),
+               "c": torch.ones(2, dtype=torch.bfloat16)}
+    save_tensors(tmp_path / "t.safetensors", tensors, {"step": 7, "groups": [{"lr": 0.1}]})
+    loaded, meta = load_tensors(tmp_path / "t.safetensors")
+    assert meta == {"step": 7, "groups": [{"lr": 0.1}]}
+    for k in tensors:
+        assert torch.equal(loaded[k], tensors[k])
+    atomic_write(tmp_path / "t.safetensors", b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
+    assert (tmp_path / "t.safetensors").read_bytes() == b"new"
