@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from rnnkit.checkpoint import (
-    BEST, CONFIG, FORMAT_VERSION, MODEL, atomic_write, load_run, load_tensors, model_tensors, save_tensors, write_json,
+    BEST,
+    CONFIG,
+    FORMAT_VERSION,
+    MODEL,
+    atomic_write,
+    load_run,
+    load_tensors,
+    model_tensors,
+    save_tensors,
+    write_json,
 )
 from rnnkit.data import CharVocab
 from rnnkit.errors import CheckpointError

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from rnnkit.data import CharVocab
 from rnnkit.errors import ConfigError

@@ -88,9 +88,9 @@ def torch_loss(layer: Recurrent, linear: nn.Linear, head: str, x, state, targets
     else:
         loss = F.mse_loss(linear(y[:, -1]), torch.tensor(targets))
     loss.backward()
-    grads = {name: getattr(layer.cells[0], name).grad for name in R.load.CELL_NAMES}
+    grads = {name: p.grad for name, p in layer.cells[0].named_parameters()}
     grads["weight_hy"], grads["bias_y"] = linear.weight.grad, linear.bias.grad
-    grads = {k: g.numpy() for k, g in grads.items() if g is not None}
+    grads = {k: g.numpy() for k, g in grads.items()}
     dstate = None
     if st is not None:
         dstate = tuple(s.grad[0].numpy() for s in st) if isinstance(st, tuple) else st.grad[0].numpy()

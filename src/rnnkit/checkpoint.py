@@ -116,7 +116,9 @@ def read_config(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir} is not a run directory — pass the --out directory of `rnnkit train`")
     if not path.exists():
-        raise CheckpointError(f"{run_dir} holds no checkpoint (no {CONFIG}) — pass the --out directory of a training run")
+        raise CheckpointError(
+            f"{run_dir} holds no checkpoint (no {CONFIG}) — pass the --out directory of a training run"
+        )
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

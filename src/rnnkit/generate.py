@@ -76,7 +76,10 @@ def generate(
         raise ConfigError("the prompt must hold at least one token")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    if seed is None:
+        generator.seed()  # fresh entropy for this generator only; torch's global RNG is left alone
+    else:
+        generator.manual_seed(seed)
     model.eval()
     x = torch.as_tensor(list(prompt), dtype=torch.long, device=device).expand(num_samples, -1)  # (B, P)
     out = model(x)

@@ -21,7 +21,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from rnnkit.checkpoint import (
-    BEST, MODEL, TRAINER_STATE, load_model_tensors, load_tensors, model_tensors, save_tensors,
+    BEST,
+    MODEL,
+    TRAINER_STATE,
+    load_model_tensors,
+    load_tensors,
+    model_tensors,
+    save_tensors,
 )
 from rnnkit.data.streams import Streams
 from rnnkit.errors import CheckpointError, ConfigError, CorpusError, TrainingDiverged
@@ -169,7 +175,8 @@ class Trainer:
     def _epoch_streams(self, epoch: int) -> Streams:
         """Epoch 0 starts at the first character; later epochs shift by a seeded offset below T, so windows
         do not fall on the same edges every epoch."""
-        offset = 0 if epoch == 0 else int(np.random.default_rng([self.config.seed, epoch]).integers(self.config.seq_len))
+        rng = np.random.default_rng([self.config.seed, epoch])
+        offset = 0 if epoch == 0 else int(rng.integers(self.config.seq_len))
         return Streams(self.train_tokens[offset:], self.config.batch_size, self.config.seq_len)
 
     def _next_batch(self) -> tuple[Tensor, Tensor]:
@@ -267,8 +274,7 @@ class Trainer:
                                         tok_s=f"{tps:,.0f}", refresh=False)
                     interval_loss, interval_n, interval_tokens, interval_time = 0.0, 0, 0, 0.0
                 if bar is not None:
-                    bar.n = self.step if not c.minutes else round(self.elapsed, 1)
-                    bar.refresh() if bar.n >= bar.total else bar.update(0)
+                    bar.update(min(self._bar_position(), bar.total) - bar.n)
             interrupted = self._stop
             if self.step % c.eval_interval != 0 and not interrupted:
                 val = self._validate_and_save()
@@ -297,11 +303,14 @@ class Trainer:
             total, unit = 60.0 * c.minutes, "s"
         else:
             total, unit = c.max_steps, "step"
-        bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr, mininterval=0.5,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}{unit} [{elapsed}<{remaining}{postfix}]",
+        bar = tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr, mininterval=0.5, miniters=0,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]",
                    disable=None)
-        bar.n = self.step if not c.minutes else self.elapsed
+        bar.update(self._bar_position())  # a resumed run starts part-way
         return bar
+
+    def _bar_position(self) -> float:
+        return self.elapsed if self.config.minutes else self.step
 
     def _install_sigint(self):
         """Ctrl-C finishes the current step, saves the last checkpoint and returns."""
@@ -381,7 +390,8 @@ class Trainer:
             self.best_val = math.inf if meta["best_val"] is None else meta["best_val"]
             self.last_val = meta["last_val"]
             carry = [tensors[f"carry.{i}"].to(self.device) for i in range(2) if f"carry.{i}" in tensors]
-            self.state = {"none": None, "tensor": carry[0] if carry else None, "tuple": tuple(carry)}[meta["state_kind"]]
+            kind = meta["state_kind"]
+            self.state = {"none": None, "tensor": carry[0] if carry else None, "tuple": tuple(carry)}[kind]
         except (KeyError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"{path} is incomplete ({e}) — the checkpoint is damaged") from None
         self._streams = self._epoch_streams(self.epoch)

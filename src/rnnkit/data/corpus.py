@@ -46,7 +46,9 @@ def iter_text(path: str | Path) -> Iterator[str]:
             try:
                 tail = decoder.decode(b"", final=True)
             except UnicodeDecodeError:
-                raise CorpusError(f"{path} is not valid UTF-8 (it ends inside a character) — convert it first") from None
+                raise CorpusError(
+                    f"{path} is not valid UTF-8 (it ends inside a character) — convert it first"
+                ) from None
             if tail:
                 yield tail
     except OSError as e:

@@ -18,7 +18,6 @@ from rnnkit.nn.cells import CELL_TYPES, State
 from rnnkit.nn.recurrent import PATHS, Recurrent
 
 
-
 @dataclass
 class LanguageModelConfig:
     """Everything needed to rebuild a LanguageModel; saved as JSON beside the weights."""
@@ -41,7 +40,7 @@ class LanguageModelConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
         if self.vocab_size < 0:
-            raise ConfigError(f"vocab_size must be positive (got {self.vocab_size})")
+            raise ConfigError(f"vocab_size must be >= 0 (0: set from the vocabulary) (got {self.vocab_size})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
         if self.tie_weights and self.embedding_size != self.hidden_size:

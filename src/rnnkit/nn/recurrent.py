@@ -94,7 +94,7 @@ class Recurrent(nn.Module):
             kwargs = {"nonlinearity": mode[4:].lower()} if mode.startswith("RNN_") else {}
             template = _FUSED_MODULES[mode](
                 input_size, hidden_size, num_layers, bias=bias, batch_first=True,
-                dropout=dropout, bidirectional=bidirectional, device="meta", **kwargs,
+                dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional, device="meta", **kwargs,
             )
             object.__setattr__(self, "_fused", template)
 
@@ -208,6 +208,9 @@ class Recurrent(nn.Module):
         if lengths is not None:
             mask = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device)[:, None]  # (B, T)
             mask = mask.unsqueeze(-1)  # (B, T, 1)
+            # Padded steps are computed and thrown away; zero them first so that whatever the padding holds
+            # (even NaN or inf) can reach neither an output nor, through the backward pass, a gradient.
+            x = x.masked_fill(~mask, 0.0)
         finals: list[State] = []
         for layer in range(self.num_layers):
             outputs = []
@@ -235,7 +238,7 @@ class Recurrent(nn.Module):
             else:
                 m = mask[:, t]  # (B, 1): steps past a sequence's end keep its state and output zero
                 s = map_state(lambda a, b, m=m: torch.where(m, a, b), new, s)
-                ys.append(cell.output(new) * m)
+                ys.append(torch.where(m, cell.output(new), 0.0))
         return torch.stack(ys, dim=1), s  # (B, T, H)
 
     @torch.no_grad()
