@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="sample only from the smallest set with probability >= P")
     p.add_argument("--seed", type=int, help="random seed, for reproducible samples")
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together (default: 1)")
+    p.add_argument("--int8", action="store_true", help="int8 weights (dynamic quantisation, CPU): faster, ~lossless")
     _add_load_args(p)
     p.set_defaults(func=cmd_sample)
 
@@ -198,14 +199,14 @@ def _start_prompt(vocab) -> str:
     return "\n" if "\n" in vocab else vocab.chars[0]
 
 
-def _stream_sample(model, vocab, prompt, length, temperature, top_k, top_p, seed) -> None:
+def _stream_sample(model, vocab, prompt, length, temperature, top_k, top_p, seed, int8=False) -> None:
     from rnnkit.generate import generate
 
     ids = vocab.encode(prompt or _start_prompt(vocab)).tolist()
     out = sys.stdout
     out.write(prompt)
     generate(model, ids, length, temperature, top_k, top_p, 1, seed,
-             on_tokens=lambda tok: (out.write(vocab.chars[int(tok[0])]), out.flush()))
+             on_tokens=lambda tok: (out.write(vocab.chars[int(tok[0])]), out.flush()), int8=int8)
     out.write("\n")
     out.flush()
 
@@ -219,10 +220,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model, vocab, _ = load_run(args.run_dir, args.weights, resolve_device(args.device))
     vocab.encode(args.prompt)  # unknown characters fail here, before anything is printed
     if args.num_samples == 1:
-        _stream_sample(model, vocab, args.prompt, args.length, args.temperature, args.top_k, args.top_p, args.seed)
+        _stream_sample(model, vocab, args.prompt, args.length, args.temperature, args.top_k, args.top_p, args.seed,
+                       args.int8)
         return 0
     ids = vocab.encode(args.prompt or _start_prompt(vocab)).tolist()
-    tokens = generate(model, ids, args.length, args.temperature, args.top_k, args.top_p, args.num_samples, args.seed)
+    tokens = generate(model, ids, args.length, args.temperature, args.top_k, args.top_p, args.num_samples, args.seed,
+                      int8=args.int8)
     for i, row in enumerate(tokens.tolist()):
         print(f"--- sample {i + 1} ---")
         print(args.prompt + vocab.decode(row))

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from rnnkit.errors import ConfigError
+from rnnkit.nn.cells import State
+from rnnkit.nn.recurrent import Recurrent, map_state
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int) -> None:
@@ -54,6 +56,60 @@ def next_token(logits: Tensor, temperature: float, top_k: int | None, top_p: flo
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class FastStepper(nn.Module):
+    """Single-token steps through an embedding -> Recurrent -> head model on torch's one-op cells.
+
+    ``model.step`` runs rnnkit's cells, whose math is written out op by op in Python. For sampling, this copies
+    the weights once into torch.nn.LSTMCell/GRUCell/RNNCell, whose step is one fused kernel, and can quantise the
+    matrix products to int8 (dynamic quantisation: int8 weights, activations quantised on the fly; CPU only).
+    Build it after training — it holds copies, not views, of the weights.
+    """
+
+    def __init__(self, embedding: nn.Embedding, cells: list[nn.RNNCellBase], head: nn.Linear, int8: bool = False):
+        super().__init__()
+        self.embedding, self.cells, self.head = embedding, nn.ModuleList(cells), head
+        self.lstm = isinstance(cells[0], nn.LSTMCell)
+        if int8:
+            import warnings
+
+            from torch.ao.quantization import quantize_dynamic
+
+            with warnings.catch_warnings():  # torch 2.13 flags its quantised tensor types as deprecated
+                warnings.simplefilter("ignore", UserWarning)
+                quantize_dynamic(self, {nn.Linear, nn.LSTMCell, nn.GRUCell, nn.RNNCell}, dtype=torch.qint8,
+                                 inplace=True)
+
+    @classmethod
+    def for_model(cls, model: nn.Module, int8: bool = False) -> FastStepper | None:
+        """A stepper for a model with ``embedding``, ``rnn`` (unidirectional) and ``head``; None if it has none."""
+        rnn = getattr(model, "rnn", None)
+        if not isinstance(rnn, Recurrent) or not hasattr(model, "embedding") or not hasattr(model, "head"):
+            return None
+        cells = rnn.torch_cells()
+        if cells is None:
+            return None
+        if int8 and next(model.parameters()).device.type != "cpu":
+            raise ConfigError("int8 sampling runs on the CPU — drop --int8 or use --device cpu")
+        head = nn.Linear(model.head.in_features, model.head.out_features, device=model.head.weight.device)
+        head.load_state_dict(model.head.state_dict())
+        embedding = nn.Embedding.from_pretrained(model.embedding.weight.detach().clone())
+        return cls(embedding, cells, head, int8).eval()
+
+    def split(self, state: State) -> list:
+        """The layer's stacked state (L, B, H) -> one entry per layer."""
+        return [map_state(lambda s, k=k: s[k], state) for k in range(len(self.cells))]
+
+    def forward(self, tokens: Tensor, states: list) -> tuple[Tensor, list]:
+        """``tokens (B,)``, per-layer states -> ``(logits (B, V), states)``."""
+        x = self.embedding(tokens)  # (B, E)
+        new = []
+        for cell, s in zip(self.cells, states, strict=True):
+            s = cell(x, s)
+            new.append(s)
+            x = s[0] if self.lstm else s  # (B, H)
+        return self.head(x), new
+
+
 @torch.inference_mode()
 def generate(
     model,
@@ -65,11 +121,13 @@ def generate(
     num_samples: int = 1,
     seed: int | None = None,
     on_tokens: Callable[[Tensor], None] | None = None,
+    int8: bool = False,
 ) -> Tensor:
     """Sample ``length`` tokens after ``prompt`` for ``num_samples`` rows at once; returns ``(B, length)`` ids.
 
     The prompt (at least one token) primes the state in one forward pass; then each token is one
-    ``model.step``. ``on_tokens`` sees every new ``(B,)`` column as it is sampled (for streaming).
+    step (a ``FastStepper`` when the model has one, else ``model.step``). ``on_tokens`` sees every new ``(B,)``
+    column as it is sampled (for streaming). ``int8`` samples with int8 weights (CPU; see ``FastStepper``).
     """
     check_sampling(temperature, top_k, top_p, length, num_samples)
     if len(prompt) == 0:
@@ -84,6 +142,13 @@ def generate(
     x = torch.as_tensor(list(prompt), dtype=torch.long, device=device).expand(num_samples, -1)  # (B, P)
     out = model(x)
     logits, state = out.logits[:, -1], out.state  # (B, V)
+    stepper = FastStepper.for_model(model, int8)
+    if stepper is not None:
+        step, state = stepper, stepper.split(state)
+    elif int8:
+        raise ConfigError("int8 sampling needs a model whose cells have a torch.nn equivalent (rnn, lstm, gru)")
+    else:
+        step = model.step
     tokens = torch.empty(num_samples, length, dtype=torch.long, device=device)
     for t in range(length):
         tok = next_token(logits, temperature, top_k, top_p, generator)
@@ -91,5 +156,5 @@ def generate(
         if on_tokens is not None:
             on_tokens(tok)
         if t + 1 < length:
-            logits, state = model.step(tok, state)
+            logits, state = step(tok, state)
     return tokens

@@ -149,6 +149,23 @@ class Recurrent(nn.Module):
         module.load_state_dict(self.torch_state_dict())
         return module
 
+    def torch_cells(self) -> list[nn.RNNCellBase] | None:
+        """Copies of the cells as torch.nn.RNNCell/LSTMCell/GRUCell (one fused C++ op per step), or None when a cell
+        has no torch equivalent. Unidirectional layers only."""
+        mode = self.cells[0].fused_mode
+        if mode is None or self.bidirectional:
+            return None
+        out = []
+        for cell in self.cells:
+            p = cell.weight_ih
+            kwargs = {"nonlinearity": mode[4:].lower()} if mode.startswith("RNN_") else {}
+            cls = {"LSTM": nn.LSTMCell, "GRU": nn.GRUCell}.get(mode, nn.RNNCell)
+            torch_cell = cls(cell.input_size, cell.hidden_size, bias=cell.bias, device=p.device, dtype=p.dtype,
+                             **kwargs)
+            torch_cell.load_state_dict(cell.state_dict())
+            out.append(torch_cell.eval())
+        return out
+
     @classmethod
     def from_torch(cls, module: nn.RNNBase, path: str = "auto") -> Recurrent:
         """A layer with the configuration and a copy of the weights of a torch.nn.RNN/LSTM/GRU."""
