@@ -175,3 +175,10 @@ def test_resume_needs_a_checkpoint(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     code, _, err = run(capsys, "train", "--resume", tmp_path / "run", "--max-steps", 3)
     assert_user_error(code, err, "holds no checkpoint")
+
+
+def test_undecodable_prompt_bytes_are_a_user_error(trained, capsys):
+    """Bytes that are not UTF-8 reach Python's argv as lone surrogates: still one line, exit 2."""
+    run_dir, _, _ = trained
+    code, out, err = run(capsys, "sample", run_dir, "--prompt", "a\udcff")
+    assert_user_error(code, err, "'\\udcff'")

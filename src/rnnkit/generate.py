@@ -85,15 +85,17 @@ class FastStepper(nn.Module):
         rnn = getattr(model, "rnn", None)
         if not isinstance(rnn, Recurrent) or not hasattr(model, "embedding") or not hasattr(model, "head"):
             return None
-        cells = rnn.torch_cells()
-        if cells is None:
-            return None
         if int8 and next(model.parameters()).device.type != "cpu":
             raise ConfigError("int8 sampling runs on the CPU — drop --int8 or use --device cpu")
-        head = nn.Linear(model.head.in_features, model.head.out_features, device=model.head.weight.device)
-        head.load_state_dict(model.head.state_dict())
-        embedding = nn.Embedding.from_pretrained(model.embedding.weight.detach().clone())
-        return cls(embedding, cells, head, int8).eval()
+        with torch.random.fork_rng(devices=[]):  # new modules initialise from the global RNG: leave it as it was
+            cells = rnn.torch_cells()
+            if cells is None:
+                return None
+            w = model.head.weight
+            head = nn.Linear(model.head.in_features, model.head.out_features, device=w.device, dtype=w.dtype)
+            head.load_state_dict(model.head.state_dict())
+            embedding = nn.Embedding.from_pretrained(model.embedding.weight.detach().clone())
+            return cls(embedding, cells, head, int8).eval()
 
     def split(self, state: State) -> list:
         """The layer's stacked state (L, B, H) -> one entry per layer."""
@@ -138,7 +140,16 @@ def generate(
         generator.seed()  # fresh entropy for this generator only; torch's global RNG is left alone
     else:
         generator.manual_seed(seed)
+    was_training = model.training
     model.eval()
+    try:
+        return _sample(model, prompt, length, temperature, top_k, top_p, num_samples, generator, on_tokens, int8)
+    finally:
+        model.train(was_training)
+
+
+def _sample(model, prompt, length, temperature, top_k, top_p, num_samples, generator, on_tokens, int8) -> Tensor:
+    device = next(model.parameters()).device
     x = torch.as_tensor(list(prompt), dtype=torch.long, device=device).expand(num_samples, -1)  # (B, P)
     out = model(x)
     logits, state = out.logits[:, -1], out.state  # (B, V)

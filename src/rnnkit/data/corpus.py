@@ -27,20 +27,23 @@ def iter_text(path: str | Path) -> Iterator[str]:
         raise CorpusError(f"{path} does not exist — pass the path of a UTF-8 text file")
     if path.is_dir():
         raise CorpusError(f"{path} is a directory — pass the path of a UTF-8 text file")
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    offset = 0
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes read so far
     try:
         with open(path, "rb") as f:
             while raw := f.read(CHUNK_BYTES):
                 if b"\x00" in raw:  # no UTF-8 text holds NUL; binary files nearly always do
                     raise CorpusError(f"{path} looks binary (it contains NUL bytes) — pass a UTF-8 text file")
+                pending = len(decoder.getstate()[0])  # bytes of a character split across the previous read
                 try:
                     text = decoder.decode(raw)
                 except UnicodeDecodeError as e:
                     raise CorpusError(
-                        f"{path} is not valid UTF-8 (byte {offset + e.start}) — convert it first, "
+                        f"{path} is not valid UTF-8 (byte {offset - pending + e.start}) — convert it first, "
                         "e.g. iconv -f LATIN1 -t UTF-8"
                     ) from None
+                if offset == 0 and text.startswith("\ufeff"):
+                    text = text[1:]  # a byte-order mark is not part of the text
                 offset += len(raw)
                 yield text
             try:

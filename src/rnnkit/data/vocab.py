@@ -14,6 +14,8 @@ class CharVocab:
 
     def __init__(self, chars: Iterable[str]) -> None:
         self.chars: list[str] = sorted(set(chars))
+        if not self.chars:
+            raise VocabularyError("a vocabulary needs at least one character")
         if any(len(c) != 1 for c in self.chars):
             raise VocabularyError("a character vocabulary holds single characters only")
         self._codes = np.array([ord(c) for c in self.chars], dtype=np.int64)  # sorted
@@ -27,7 +29,8 @@ class CharVocab:
 
     def encode(self, text: str) -> np.ndarray:
         """Text -> ids (int64). Characters outside the vocabulary raise VocabularyError naming them."""
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        # surrogatepass: a lone surrogate (what Python makes of undecodable bytes in argv) is just unknown
+        codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.int64)
         ids = np.searchsorted(self._codes, codes)
         ids_clipped = np.minimum(ids, len(self.chars) - 1)
         bad = self._codes[ids_clipped] != codes

@@ -1,0 +1,200 @@
+"""What the synthetic-task experiments share: their config, a training loop on fresh random batches, and the
+CSV, PNG and JSON they write.
+
+Each task draws a new random batch at every step from a seeded generator (the data never repeats, so there is
+no over-fitting to speak of) and is scored on a fixed test set drawn from a separate, fixed seed — the same
+test set whatever ``--seed`` is, so runs with different cells and seeds are scored on the same sequences.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from rnnkit.checkpoint import atomic_write  # noqa: E402
+from rnnkit.errors import ConfigError, TrainingDiverged  # noqa: E402
+from rnnkit.nn.recurrent import Recurrent  # noqa: E402
+from rnnkit.train import resolve_device  # noqa: E402
+
+CELLS = ("rnn", "lstm", "gru")
+TEST_SEED = 20_160_219  # the test sets' generator seed, independent of --seed
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass
+class TaskConfig:
+    """One run of a synthetic task. CLI flags are derived from these fields; the tasks override the defaults."""
+
+    cell: str = field(default="lstm", metadata={"help": "rnn (tanh), lstm or gru"})
+    T: int = field(default=100, metadata={"help": "sequence length: the span the model must remember"})
+    minutes: float = field(default=5.0, metadata={"help": "wall-clock budget"})
+    max_steps: int | None = field(default=None, metadata={"help": "also stop after this many updates"})
+    hidden_size: int = field(default=128, metadata={"help": "hidden units (H)"})
+    batch_size: int = field(default=50, metadata={"help": "sequences per update (B)"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate (Adam)"})
+    grad_clip: float = field(default=1.0, metadata={"help": "clip the gradient norm at this value; 0 turns it off"})
+    forget_bias: float = field(default=1.0, metadata={"help": "initial LSTM forget-gate bias"})
+    eval_every: int = field(default=100, metadata={"help": "score the test set every N steps"})
+    test_size: int = field(default=1000, metadata={"help": "sequences in the fixed test set"})
+    seed: int = field(default=0, metadata={"help": "random seed (initialisation and training batches)"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ConfigError(f"unknown cell {self.cell!r} — use one of {', '.join(CELLS)}")
+        if self.T <= 2:
+            raise ConfigError(f"--T must be at least 3 (got {self.T}) — pass a longer sequence length")
+        if not self.minutes > 0 or not math.isfinite(self.minutes):
+            raise ConfigError(f"--minutes must be a positive number (got {self.minutes}) — pass e.g. --minutes 5")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"--max-steps must be positive (got {self.max_steps}) — leave it out for no limit")
+        for name in ("hidden_size", "batch_size", "eval_every", "test_size"):
+            if getattr(self, name) <= 0:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be positive (got {getattr(self, name)}) — pass a whole number >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive (got {self.lr}) — pass e.g. --lr 1e-3")
+        if not self.grad_clip >= 0:
+            raise ConfigError(f"--grad-clip must be >= 0 (got {self.grad_clip}) — 0 turns clipping off")
+
+
+def init_forget_bias(rnn: Recurrent, value: float) -> None:
+    """Start every LSTM forget gate at ``σ(value)`` (0.73 for 1.0) instead of σ(0) = 0.5.
+
+    With ``f = 0.5`` the cell keeps half of ``c`` per step and the gradient along the cell path shrinks by
+    2^-t; a positive bias lets memories (and gradients) last from the first update (Gers et al. 2000;
+    Jozefowicz et al. 2015). Torch's layout stacks the gates i, f, g, o, and both biases are added, so the
+    forget slice of ``bias_ih`` carries the value and that of ``bias_hh`` is zeroed. No-op for other cells.
+    """
+    H = rnn.hidden_size
+    with torch.no_grad():
+        for cell in rnn.cells:
+            if cell.gates == 4 and cell.bias_ih is not None:
+                cell.bias_ih[H:2 * H].fill_(value)
+                cell.bias_hh[H:2 * H].zero_()
+
+
+def info(message: str) -> None:
+    """Progress goes to stderr; stdout is kept for the final JSON line."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def prepare_out(out: Path | str | None, name: str) -> Path:
+    out = Path(out) if out is not None else Path("runs") / f"experiment-{name}"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file — choose a directory for --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """Rows of numbers as a CSV with a header, written atomically; columns are the first row's keys."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write(Path(path), buf.getvalue().encode())
+    return Path(path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def print_result(result: dict) -> None:
+    """The last line of stdout: one JSON object with the run's final figures."""
+    print(json.dumps(result), flush=True)
+
+
+def batched(fn: Callable[[Tensor, Tensor], dict], x: Tensor, y: Tensor, size: int = 500) -> dict:
+    """Average ``fn``'s per-chunk means over the test set in chunks, weighting each by its size."""
+    total: dict[str, float] = {}
+    for i in range(0, len(x), size):
+        part = fn(x[i:i + size], y[i:i + size])
+        for k, v in part.items():
+            total[k] = total.get(k, 0.0) + float(v) * len(x[i:i + size])
+    return {k: v / len(x) for k, v in total.items()}
+
+
+def fit(
+    model: nn.Module,
+    config: TaskConfig,
+    sample: Callable[[int, torch.Generator], Batch],
+    evaluate: Callable[[nn.Module], dict],
+    train_key: str,
+    log: Callable[[str], None] = info,
+) -> list[dict]:
+    """Adam on a fresh batch per step, gradient clipping, a test-set score every ``eval_every`` steps.
+
+    Stops at ``max_steps`` or when ``minutes`` have passed, whichever comes first, and scores the test set once
+    more at the end. Returns one row per evaluation: ``step, elapsed_s, <train_key>, **evaluate(model)``, where
+    ``<train_key>`` is the mean training loss since the previous row.
+    """
+    device = next(model.parameters()).device
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = torch.Generator().manual_seed(config.seed)
+    rows: list[dict] = []
+    step, since, running = 0, 0, torch.zeros((), device=device)
+    start = time.perf_counter()
+    deadline = start + 60.0 * config.minutes
+    model.train()
+    while True:
+        x, y = (t.to(device) for t in sample(config.batch_size, generator))
+        loss = model(x, targets=y).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step, since, running = step + 1, since + 1, running + loss.detach()
+        done = (config.max_steps is not None and step >= config.max_steps) or time.perf_counter() >= deadline
+        if step % config.eval_every and not done:
+            continue
+        train_loss = running.item() / since
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"the training loss became {train_loss} by step {step} — lower --lr or set "
+                                   "--grad-clip")
+        row = {"step": step, "elapsed_s": time.perf_counter() - start, train_key: train_loss, **evaluate(model)}
+        rows.append(row)
+        log("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+        since, running = 0, torch.zeros((), device=device)
+        if done:
+            return rows
+
+
+def setup(config: TaskConfig) -> torch.device:
+    """Seed the initialisation and pick the device."""
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    return device
+
+
+def plot_curves(ax, rows: list[dict], train_key: str, test_key: str, baseline: float, baseline_label: str):
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r[train_key] for r in rows], lw=1, alpha=0.6, label=f"train ({train_key})")
+    ax.plot(steps, [r[test_key] for r in rows], "o-", lw=1.6, ms=3, label=f"test ({test_key})")
+    ax.axhline(baseline, color="gray", ls="--", lw=1.2, label=baseline_label)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
