@@ -1,0 +1,113 @@
+"""Sampling speed for every sampling path, batch 1 and batched, and the quality cost of int8.
+
+    python benchmarks/sampling.py [--run RUN_DIR] [--tokens 2000] [--rounds 3]
+
+Paths: calling torch.nn.LSTM once per token (what a quick hand-written sampler does), rnnkit's own cells stepped
+in Python (``model.step``), and ``FastStepper`` — torch's one-op cells — in fp32 and int8. With ``--run`` the model
+is that run's (2x512 LSTM by default) and the validation loss is measured with fp32 and with int8 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleave, save, table  # noqa: E402
+
+from rnnkit.checkpoint import load_run  # noqa: E402
+from rnnkit.data import Streams, encode_file, split_tokens  # noqa: E402
+from rnnkit.generate import FastStepper, next_token  # noqa: E402
+from rnnkit.models import LanguageModel, LanguageModelConfig  # noqa: E402
+
+
+def sampler(step, state, B, n, V, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    @torch.inference_mode()
+    def run():
+        s, logits = state(), torch.zeros(B, V)
+        for _ in range(n):
+            tok = next_token(logits, 0.8, None, None, g)
+            logits, s = step(tok, s)
+        return B * n
+
+    return run
+
+
+def naive_lstm(model):
+    """Embedding -> torch.nn.LSTM called on one step -> head: the fused kernel set up on every call."""
+    lstm = model.rnn.to_torch().eval()
+
+    def step(tok, s):
+        y, s = lstm(model.embedding(tok)[:, None], s)
+        return model.head(y[:, 0]), s
+
+    return step
+
+
+@torch.inference_mode()
+def stepper_val_loss(step, init, tokens, streams=16):
+    """Validation loss computed one token at a time through ``step`` (so int8 weights are what is measured)."""
+    batches = Streams(tokens, streams, len(tokens))
+    x, y = batches.window(0)
+    s, total, count = init(x.shape[0]), 0.0, 0
+    for t in range(x.shape[1]):
+        logits, s = step(x[:, t], s)
+        valid = y[:, t] != -100
+        total += nn.functional.cross_entropy(logits[valid].float(), y[valid, t], reduction="sum").item()
+        count += int(valid.sum())
+    return total / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="a run directory (default: an untrained 2x512 LSTM, V=65)")
+    parser.add_argument("--tokens", type=int, default=1000, help="tokens per round at batch 1")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.run:
+        model, vocab, config = load_run(args.run)
+    else:
+        torch.manual_seed(0)
+        model, config = LanguageModel(LanguageModelConfig(vocab_size=65)).eval(), None
+    V = model.config.vocab_size
+    fp32, int8 = FastStepper.for_model(model), FastStepper.for_model(model, int8=True)
+    rows = []
+    for B, n in ((1, args.tokens), (64, max(50, args.tokens // 20))):
+        variants = {
+            "torch.nn.LSTM per call": sampler(naive_lstm(model), lambda B=B: None, B, n, V),
+            "rnnkit cells (model.step)": sampler(model.step, lambda B=B: model.init_state(B), B, n, V),
+            "FastStepper fp32": sampler(fp32, lambda B=B: fp32.split(model.init_state(B)), B, n, V),
+            "FastStepper int8": sampler(int8, lambda B=B: int8.split(model.init_state(B)), B, n, V),
+        }
+        if B > 1:
+            del variants["torch.nn.LSTM per call"]
+        res = interleave(variants, args.rounds)
+        base = res["FastStepper fp32"]["median"]
+        rows += [{"batch": B, "path": k, "tokens/s": v["median"], "vs fp32 stepper": v["median"] / base}
+                 for k, v in res.items()]
+    print(f"sampling speed, {model.config.num_layers}x{model.config.hidden_size} {model.config.cell.upper()} "
+          "(tokens/s over all rows, median of interleaved rounds)")
+    print(table(rows, ["batch", "path", "tokens/s", "vs fp32 stepper"]))
+    payload = {"rows": rows}
+    if config is not None:
+        path = Path(config["data"]["path"])
+        val = split_tokens(encode_file(path, vocab))[1]
+        q = {
+            "fp32": stepper_val_loss(fp32, lambda B: fp32.split(model.init_state(B)), val),
+            "int8": stepper_val_loss(int8, lambda B: int8.split(model.init_state(B)), val),
+        }
+        print(f"\nvalidation loss through the stepper: fp32 {q['fp32']:.4f}, int8 {q['int8']:.4f} nats/char "
+              f"(int8 costs {q['int8'] - q['fp32']:+.4f}; {q['int8'] / math.log(2):.4f} bits/char)")
+        payload["quality"] = q
+    print("wrote", save("sampling", payload))
+
+
+if __name__ == "__main__":
+    main()

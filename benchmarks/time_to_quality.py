@@ -1,0 +1,54 @@
+"""Time to quality: Tiny Shakespeare validation loss against wall time, for `rnnkit train` configurations.
+
+    python benchmarks/time_to_quality.py --minutes 10 [--config "NAME=FLAGS" ...]
+
+Each configuration is one `rnnkit train` run on the whole machine (run them one after another, never in
+parallel); its metrics.csv gives validation loss against elapsed time. Default: the default settings only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, save, table  # noqa: E402
+
+THRESHOLDS = (1.6, 1.5, 1.47, 1.45, 1.42, 1.4, 1.38)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"))
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--config", action="append", default=[], help='NAME=FLAGS, e.g. "fp32=--precision fp32"')
+    args = parser.parse_args()
+    configs = dict(c.split("=", 1) for c in args.config) or {"defaults": ""}
+    rows, curves = [], {}
+    for name, flags in configs.items():
+        out = RESULTS / "ttq" / name
+        if out.exists():
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+        cmd = [sys.executable, "-m", "rnnkit", "train", "--data", args.data, "--minutes", str(args.minutes),
+               "--out", str(out), "--quiet", "--sample-length", "0", *shlex.split(flags)]
+        print("+", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, check=True)
+        with open(out / "metrics.csv") as f:
+            evals = [(float(r["elapsed_s"]), float(r["val_loss"])) for r in csv.DictReader(f) if r["val_loss"]]
+        curves[name] = evals
+        row = {"config": name, "flags": flags or "(defaults)", "final val": evals[-1][1],
+               "best val": min(v for _, v in evals)}
+        for th in THRESHOLDS:
+            row[f"t<={th}"] = next((round(t) for t, v in evals if v <= th), None)
+        rows.append(row)
+    print(f"Tiny Shakespeare validation loss (nats/char) after {args.minutes:g} minutes; seconds to reach each level")
+    print(table(rows, ["config", "final val", "best val", *[f"t<={th}" for th in THRESHOLDS]]))
+    print("wrote", save("time_to_quality", {"minutes": args.minutes, "rows": rows, "curves": curves}))
+
+
+if __name__ == "__main__":
+    main()
