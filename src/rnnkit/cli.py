@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     _add_load_args(p)
     p.set_defaults(func=cmd_eval)
+
+    from rnnkit.experiments import add_experiment_parser
+
+    add_experiment_parser(sub)
     return parser
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from torch import Tensor, nn
 
@@ -31,9 +30,9 @@ from rnnkit.experiments.common import (
     init_forget_bias,
     plot_curves,
     prepare_out,
-    print_result,
     save_figure,
     setup,
+    subplots,
     write_csv,
 )
 from rnnkit.models.output import Output
@@ -71,12 +70,12 @@ class AddingRegressor(nn.Module):
     prediction and ``loss`` the mean squared error.
     """
 
-    def __init__(self, cell: str, hidden_size: int, input_size: int = 2, forget_bias: float = 1.0,
-                 path: str = "auto") -> None:
+    def __init__(self, cell: str, hidden_size: int, input_size: int = 2, forget_bias: str | float = 1.0,
+                 T: int = 100, path: str = "auto") -> None:
         super().__init__()
         self.rnn = Recurrent(cell, input_size, hidden_size, path=path)
         self.head = nn.Linear(hidden_size, 1)
-        init_forget_bias(self.rnn, forget_bias)
+        init_forget_bias(self.rnn, forget_bias, T)
 
     def init_state(self, batch_size: int) -> State:
         return self.rnn.init_state(batch_size)
@@ -94,9 +93,9 @@ def _score(model: nn.Module, x: Tensor, y: Tensor) -> dict:
 
 def run_adding(config: AddingConfig, out: Path | str | None = None, log=info) -> dict:
     """Train ``config.cell`` on the adding problem; write ``adding.csv`` and ``adding.png``; return the figures."""
-    out = prepare_out(out, "adding")
     device = setup(config)
-    model = AddingRegressor(config.cell, config.hidden_size, forget_bias=config.forget_bias).to(device)
+    out = prepare_out(out, "adding")
+    model = AddingRegressor(config.cell, config.hidden_size, forget_bias=config.forget_bias, T=config.T).to(device)
     test_x, test_y = adding_batch(config.test_size, config.T, torch.Generator().manual_seed(TEST_SEED))
     test_x, test_y = test_x.to(device), test_y.to(device)
     baseline = nn.functional.mse_loss(torch.ones_like(test_y), test_y).item()
@@ -114,7 +113,7 @@ def run_adding(config: AddingConfig, out: Path | str | None = None, log=info) ->
         + f"; predicting 1 scores MSE {baseline:.4f} on the test set")
     rows = fit(model, config, lambda B, g: adding_batch(B, config.T, g), evaluate, "train_mse", log)
     write_csv(rows, out / "adding.csv")
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig, ax = subplots(figsize=(8, 4.5), dpi=100)
     plot_curves(ax, rows, "train_mse", "test_mse", baseline, f"predict 1 ({baseline:.3f})")
     ax.set_ylabel("mean squared error")
     ax.set_title(f"adding problem, T={config.T}: {config.cell.upper()} reaches test MSE {rows[-1]['test_mse']:.4f}")
@@ -128,7 +127,3 @@ def run_adding(config: AddingConfig, out: Path | str | None = None, log=info) ->
         "config": asdict(config),
     }
 
-
-def cmd_adding(args, config: AddingConfig) -> int:
-    print_result(run_adding(config, args.out))
-    return 0
