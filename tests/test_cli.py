@@ -182,3 +182,16 @@ def test_undecodable_prompt_bytes_are_a_user_error(trained, capsys):
     run_dir, _, _ = trained
     code, out, err = run(capsys, "sample", run_dir, "--prompt", "a\udcff")
     assert_user_error(code, err, "'\\udcff'")
+
+
+def test_a_run_that_wrote_no_checkpoint_can_be_started_again(small_corpus, tmp_path, capsys):
+    """A first attempt that died before its first checkpoint leaves config.json and metrics rows behind: a new
+    run into the same directory starts afresh instead of refusing (nothing to lose) or appending to stale rows."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / CONFIG).write_text("{}")
+    (run_dir / "metrics.csv").write_text("step,tokens\n999,1\n")
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 5, "--out", run_dir, *SMALL)
+    assert code == 0, err
+    steps = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert "999" not in steps and steps[-1] == "5"

@@ -7,15 +7,14 @@ import math
 import pytest
 import torch
 
-from rnnkit.cli import _Parser
-from rnnkit.errors import ConfigError, RnnkitError
+from rnnkit.cli import main as cli_main
+from rnnkit.errors import ConfigError
 from rnnkit.experiments import (
     AddingConfig,
     AddingRegressor,
     CopyConfig,
     CopyTagger,
     GradientFlowConfig,
-    add_experiment_parser,
     adding_batch,
     baseline_loss,
     copy_batch,
@@ -35,15 +34,11 @@ def _one_thread():
 
 
 def main(*argv) -> int:
-    """``rnnkit experiment ...`` in-process, with the CLI's parser class and error handling."""
-    parser = _Parser(prog="rnnkit")
-    add_experiment_parser(parser.add_subparsers(dest="command", required=True, parser_class=_Parser))
-    args = parser.parse_args([str(a) for a in argv])
+    """``rnnkit ...`` in-process, through the real CLI entry point."""
     try:
-        return args.func(args)
-    except RnnkitError as e:
-        print(f"error: {e}", file=__import__("sys").stderr)
-        return 2
+        return cli_main([str(a) for a in argv])
+    except SystemExit as e:  # argparse usage errors
+        return e.code
 
 
 def quiet(_message: str) -> None:

@@ -185,3 +185,24 @@ def load_model_tensors(model: nn.Module, tensors: dict[str, Tensor], where: Path
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1].strip()
         raise CheckpointError(f"{where} does not fit config.json ({first}) — the checkpoint is damaged") from None
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict]]:
+    """An optimizer's state as flat tensors (``optim.<param>.<key>``) plus its param groups (JSON-able)."""
+    sd = optimizer.state_dict()
+    tensors = {
+        f"optim.{pid}.{key}": v if torch.is_tensor(v) else torch.tensor(v)
+        for pid, state in sd["state"].items()
+        for key, v in state.items()
+    }
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], param_groups: list[dict]) -> None:
+    """Inverse of ``optimizer_tensors`` (other keys in ``tensors`` are ignored)."""
+    state: dict[int, dict] = {}
+    for name, t in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = t
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})

@@ -6,62 +6,26 @@ Every error a user can cause prints one line (``error: what is wrong — what to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
 import time
-import typing
 from pathlib import Path
 
 from rnnkit import __version__
+from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError, RnnkitError
 
 MAIN_JOB_SAMPLE = 300
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"error: {message} — see `{self.prog} --help`\n")
-
-
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str) -> list[str]:
-    """One ``--kebab-case`` flag per dataclass field (``metadata={"cli": False}`` skips one).
-
-    Defaults are left as None so the caller can tell which flags were given; the dataclass holds the defaults.
-    """
-    group = parser.add_argument_group(group_title)
-    hints = typing.get_type_hints(cls)
-    names = []
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("cli", True) is False:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        args = typing.get_args(kind)
-        if args:  # X | None
-            kind = next(a for a in args if a is not type(None))
-        help_text = f.metadata.get("help", "") + ("" if f.default is None else f" (default: {f.default})")
-        if kind is bool:
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            metavar = f.name.split("_")[-1].upper()
-            group.add_argument(flag, dest=f.name, type=kind, default=None, metavar=metavar, help=help_text)
-        names.append(f.name)
-    return names
-
-
-def given(args: argparse.Namespace, names: list[str]) -> dict:
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from rnnkit.models.language_model import LanguageModelConfig
     from rnnkit.train import TrainConfig
 
-    parser = _Parser(prog="rnnkit", description="Recurrent neural networks: train, sample and evaluate.")
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks: train, sample and evaluate.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("train", help="train a character-level language model",
                        description="Train a character-level language model by stateful truncated BPTT.")
@@ -116,7 +80,7 @@ def info(message: str) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, build_model, read_config, write_json
+    from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, MODEL, TRAINER_STATE, build_model, read_config, write_json
     from rnnkit.data import CharVocab, build_vocab, encode_file, resolve_corpus, split_tokens
     from rnnkit.data.datasets import sha256_file
     from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
@@ -145,7 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         description = config["data"]["description"]
     else:
         run_dir = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        if (run_dir / CONFIG).exists():
+        if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
             raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
                               "or choose another --out")
         if run_dir.exists() and not run_dir.is_dir():

@@ -34,8 +34,11 @@ class MetricsLog:
         """Drop rows logged after ``step`` (training that ran past the checkpoint being resumed)."""
         if not self.path.exists():
             return
+        if step == 0:  # a fresh run: nothing before it is ours
+            self.path.unlink()
+            return
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]
+        kept = lines[:1] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= step]  # column 0: step
         if len(kept) != len(lines):
             atomic_write(self.path, "".join(kept).encode("utf-8"))
 

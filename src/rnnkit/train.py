@@ -25,8 +25,10 @@ from rnnkit.checkpoint import (
     MODEL,
     TRAINER_STATE,
     load_model_tensors,
+    load_optimizer,
     load_tensors,
     model_tensors,
+    optimizer_tensors,
     save_tensors,
 )
 from rnnkit.data.streams import Streams
@@ -248,6 +250,7 @@ class Trainer:
         if not c.max_steps and not c.minutes:
             raise ConfigError("give a budget: --max-steps N or --minutes M")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics.truncate(self.step)  # rows past the checkpoint we start from belong to a run that was lost
         restore = self._install_sigint()
         bar = self._progress_bar()
         interval_loss, interval_n, interval_tokens, interval_time = 0.0, 0, 0, 0.0
@@ -348,11 +351,8 @@ class Trainer:
         save_tensors(self.run_dir / MODEL, weights, meta)
         if best:
             save_tensors(self.run_dir / BEST, weights, meta)
-        tensors = {f"model.{k}": v for k, v in weights.items()}
-        sd = self.optimizer.state_dict()
-        for pid, st in sd["state"].items():
-            for k, v in st.items():
-                tensors[f"optim.{pid}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        optim, param_groups = optimizer_tensors(self.optimizer)
+        tensors = {**{f"model.{k}": v for k, v in weights.items()}, **optim}
         tensors["rng.torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
@@ -365,7 +365,7 @@ class Trainer:
         save_tensors(self.run_dir / TRAINER_STATE, tensors, {
             "step": self.step, "epoch": self.epoch, "window": self.window, "tokens_seen": self.tokens_seen,
             "elapsed_s": self.elapsed, "best_val": None if math.isinf(self.best_val) else self.best_val,
-            "last_val": self.last_val, "param_groups": sd["param_groups"], "state_kind": state_kind,
+            "last_val": self.last_val, "param_groups": param_groups, "state_kind": state_kind,
         })
 
     def resume(self) -> None:
@@ -376,12 +376,7 @@ class Trainer:
         tensors, meta = load_tensors(path)
         try:
             load_model_tensors(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
-            state: dict[int, dict] = {}
-            for name, t in tensors.items():
-                if name.startswith("optim."):
-                    _, pid, key = name.split(".", 2)
-                    state.setdefault(int(pid), {})[key] = t
-            self.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+            load_optimizer(self.optimizer, tensors, meta["param_groups"])
             torch.set_rng_state(tensors["rng.torch"])
             if "rng.cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
@@ -395,4 +390,3 @@ class Trainer:
         except (KeyError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"{path} is incomplete ({e}) — the checkpoint is damaged") from None
         self._streams = self._epoch_streams(self.epoch)
-        self.metrics.truncate(self.step)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rnnkit.cliargs import add_dataclass_args, given
 from rnnkit.experiments.adding import AddingConfig, AddingRegressor, adding_batch, run_adding
 from rnnkit.experiments.common import print_result
 from rnnkit.experiments.copy_memory import CopyConfig, CopyTagger, baseline_loss, copy_batch, run_copy
@@ -28,8 +29,6 @@ EXPERIMENTS = {
 
 def add_experiment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``experiment {adding,copy,gradient-flow}`` to the CLI's sub-commands; ``args.func(args)`` runs one."""
-    from rnnkit.cli import add_dataclass_args
-
     parser = subparsers.add_parser(
         "experiment", help="synthetic experiments: how an RNN learns (adding, copy, gradient-flow)",
         description=__doc__.split("\n\n")[0])
@@ -47,8 +46,6 @@ def add_experiment_parser(subparsers: argparse._SubParsersAction) -> argparse.Ar
 
 def run_experiment(args: argparse.Namespace) -> int:
     """The ``experiment`` handler: build the config from the flags given, run, print the result as JSON."""
-    from rnnkit.cli import given
-
     config = args.config_class(**given(args, args.config_flags))
     print_result(args.runner(config, args.out))
     return 0
