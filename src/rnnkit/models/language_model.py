@@ -32,6 +32,9 @@ class LanguageModelConfig:
         default=False, metadata={"help": "share the embedding and output weights (needs E == H)"}
     )
     path: str = field(default="auto", metadata={"help": "recurrent path: auto (fused when possible), fused, explicit"})
+    zoneout: float = field(default=0.0, metadata={"help": "zoneout probability per unit and step (explicit path)"})
+    recurrent_dropout: float = field(
+        default=0.0, metadata={"help": "dropout on each step's candidate, lstm/gru (explicit path)"})
 
     def __post_init__(self) -> None:
         if self.cell not in CELL_TYPES:
@@ -70,7 +73,8 @@ class LanguageModel(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
         self.rnn = Recurrent(
             config.cell, config.embedding_size, config.hidden_size, config.num_layers,
-            dropout=config.dropout, path=config.path,
+            dropout=config.dropout, path=config.path, zoneout=config.zoneout,
+            recurrent_dropout=config.recurrent_dropout,
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)

@@ -9,7 +9,14 @@ order), so weights load both ways.
 
 Each step is split in two so the layer can hoist the input half out of its time loop:
 ``input_projection(x) = x W_ih^T + b_ih`` works on ``(B, C)`` or a whole sequence ``(B, T, C)``, and
-``recur(gx_t, state)`` does the rest of one step. ``forward(x_t, state)`` is the two together.
+``step(gx_t, state)`` does the rest of one step: ``recur`` (the cell's equations) and then zoneout, if any.
+``forward(x_t, state)`` is the two together.
+
+Regularisers that no fused kernel has, so a cell using them runs on the layer's explicit path:
+- ``zoneout`` (Krueger et al. 2017): in training each unit of the state keeps its previous value with this
+  probability; at evaluation the state is that mixture's expectation, ``z * old + (1 - z) * new``.
+- ``recurrent_dropout`` (Semeniuta et al. 2016, "without memory loss"): dropout on the candidate (``g`` of the
+  LSTM, ``n`` of the GRU) at every step, so what is dropped is new input, never the memory itself.
 """
 
 from __future__ import annotations
@@ -30,14 +37,25 @@ class Cell(nn.Module, ABC):
 
     gates: int = 1
     fused_mode: str | None = None  # the torch.nn.RNNBase mode that computes the same thing, if any
+    supports_recurrent_dropout: bool = False
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         if input_size <= 0 or hidden_size <= 0:
             raise ConfigError(
                 f"cell sizes must be positive (got input_size={input_size}, hidden_size={hidden_size})"
             )
+        if not 0.0 <= zoneout < 1.0 or not 0.0 <= recurrent_dropout < 1.0:
+            raise ConfigError(
+                f"zoneout and recurrent_dropout must be in [0, 1) (got {zoneout} and {recurrent_dropout})"
+            )
+        if recurrent_dropout and not self.supports_recurrent_dropout:
+            raise ConfigError(f"recurrent dropout applies to lstm and gru cells, not {type(self).__name__}")
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
+        self.zoneout, self.recurrent_dropout = zoneout, recurrent_dropout
         g = self.gates * hidden_size
         self.weight_ih = nn.Parameter(torch.empty(g, input_size))
         self.weight_hh = nn.Parameter(torch.empty(g, hidden_size))
@@ -50,10 +68,31 @@ class Cell(nn.Module, ABC):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """U(-1/sqrt(H), 1/sqrt(H)) for every parameter, as torch.nn does."""
+        """U(-1/sqrt(H), 1/sqrt(H)) for the weights and biases, as torch.nn does."""
         bound = 1.0 / math.sqrt(self.hidden_size)
-        for p in self.parameters():
-            nn.init.uniform_(p, -bound, bound)
+        for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+            if p is not None:
+                nn.init.uniform_(p, -bound, bound)
+
+    @property
+    def fused_kernel(self) -> str | None:
+        """The torch.nn mode that computes exactly this cell, or None (a regulariser on, or no such kernel)."""
+        return None if self.zoneout or self.recurrent_dropout else self.fused_mode
+
+    def step(self, gx: Tensor, state: State) -> State:
+        """One step after the input projection: ``recur``, then zoneout."""
+        new = self.recur(gx, state)
+        z = self.zoneout
+        if not z:
+            return new
+        if self.training:
+            return map_pairs(lambda n, o: torch.where(torch.rand_like(n) < z, o, n), new, state)
+        return map_pairs(lambda n, o: z * o + (1 - z) * n, new, state)
+
+    def _candidate_dropout(self, candidate: Tensor) -> Tensor:
+        if self.recurrent_dropout and self.training:
+            return nn.functional.dropout(candidate, self.recurrent_dropout, training=True)
+        return candidate
 
     def input_projection(self, x: Tensor) -> Tensor:
         """``x W_ih^T + b_ih``: (B, C) -> (B, G*H) or (B, T, C) -> (B, T, G*H)."""
@@ -80,7 +119,7 @@ class Cell(nn.Module, ABC):
         """One step: ``x (B, C)``, ``state`` as ``init_state`` gives -> the next state."""
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
-        return self.recur(self.input_projection(x), state)
+        return self.step(self.input_projection(x), state)
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"
@@ -94,10 +133,11 @@ class RNNCell(Cell):
 
     gates = 1
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh"):
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+                 zoneout: float = 0.0, recurrent_dropout: float = 0.0):
         if nonlinearity not in ("tanh", "relu"):
             raise ConfigError(f"unknown nonlinearity {nonlinearity!r} — use 'tanh' or 'relu'")
-        super().__init__(input_size, hidden_size, bias)
+        super().__init__(input_size, hidden_size, bias, zoneout, recurrent_dropout)
         self.nonlinearity = nonlinearity
         self.fused_mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
 
@@ -124,6 +164,7 @@ class LSTMCell(Cell):
 
     gates = 4
     fused_mode = "LSTM"
+    supports_recurrent_dropout = True
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> tuple[Tensor, Tensor]:
         z = torch.zeros(batch_size, self.hidden_size, device=device, dtype=dtype)
@@ -136,9 +177,45 @@ class LSTMCell(Cell):
     def recur(self, gx: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         h, c = state
         i, f, g, o = (gx + self.hidden_projection(h)).chunk(4, dim=-1)  # each (B, H)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * self._candidate_dropout(torch.tanh(g))
+        h = torch.sigmoid(o) * torch.tanh(self.cell_norm(c))
         return h, c
+
+    def cell_norm(self, c: Tensor) -> Tensor:
+        """What ``tanh`` sees of the cell: ``c`` itself here; layer-normalised in LayerNormLSTMCell."""
+        return c
+
+
+class LayerNormLSTMCell(LSTMCell):
+    """LSTM with layer normalisation (Ba, Kiros & Hinton 2016):
+
+    ``[i, f, g, o] = LN(W_ih x) + b_ih + LN(W_hh h) + b_hh`` (each LN over the 4H gate pre-activations)
+    ``c' = σ(f) * c + σ(i) * tanh(g)``;  ``h' = σ(o) * tanh(LN(c'))``
+
+    Normalising each step's pre-activations keeps their scale steady over time, which tends to speed up and
+    stabilise training. No fused kernel computes it: it runs on the explicit path. Parameters: those of the LSTM
+    plus ``ln_ih``, ``ln_hh`` (4H) and ``ln_c`` (H) gains and offsets.
+    """
+
+    fused_mode = None
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, zoneout: float = 0.0,
+                 recurrent_dropout: float = 0.0):
+        super().__init__(input_size, hidden_size, bias, zoneout, recurrent_dropout)
+        self.ln_ih = nn.LayerNorm(4 * hidden_size)
+        self.ln_hh = nn.LayerNorm(4 * hidden_size)
+        self.ln_c = nn.LayerNorm(hidden_size)
+
+    def input_projection(self, x: Tensor) -> Tensor:
+        gx = self.ln_ih(nn.functional.linear(x, self.weight_ih))
+        return gx if self.bias_ih is None else gx + self.bias_ih
+
+    def hidden_projection(self, h: Tensor) -> Tensor:
+        gh = self.ln_hh(nn.functional.linear(h, self.weight_hh))
+        return gh if self.bias_hh is None else gh + self.bias_hh
+
+    def cell_norm(self, c: Tensor) -> Tensor:
+        return self.ln_c(c)
 
 
 class GRUCell(Cell):
@@ -154,27 +231,34 @@ class GRUCell(Cell):
 
     gates = 3
     fused_mode = "GRU"
+    supports_recurrent_dropout = True
 
     def recur(self, gx: Tensor, h: Tensor) -> Tensor:
         xr, xz, xn = gx.chunk(3, dim=-1)  # each (B, H)
         hr, hz, hn = self.hidden_projection(h).chunk(3, dim=-1)
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)
-        n = torch.tanh(xn + r * hn)
+        n = self._candidate_dropout(torch.tanh(xn + r * hn))
         return (1 - z) * n + z * h
 
 
-CELL_TYPES = ("rnn", "rnn_tanh", "rnn_relu", "lstm", "gru")
+CELL_TYPES = ("rnn", "rnn_tanh", "rnn_relu", "lstm", "gru", "lnlstm")
 
 
-def make_cell(kind: str, input_size: int, hidden_size: int, bias: bool = True) -> Cell:
-    """Build a cell by name: rnn (= rnn_tanh), rnn_tanh, rnn_relu, lstm, gru."""
-    if kind in ("rnn", "rnn_tanh"):
-        return RNNCell(input_size, hidden_size, bias, "tanh")
-    if kind == "rnn_relu":
-        return RNNCell(input_size, hidden_size, bias, "relu")
-    if kind == "lstm":
-        return LSTMCell(input_size, hidden_size, bias)
-    if kind == "gru":
-        return GRUCell(input_size, hidden_size, bias)
-    raise ConfigError(f"unknown cell {kind!r} — use one of {', '.join(CELL_TYPES)}")
+def make_cell(kind: str, input_size: int, hidden_size: int, bias: bool = True, zoneout: float = 0.0,
+              recurrent_dropout: float = 0.0) -> Cell:
+    """Build a cell by name: rnn (= rnn_tanh), rnn_tanh, rnn_relu, lstm, gru, lnlstm (layer-normalised LSTM)."""
+    reg = {"zoneout": zoneout, "recurrent_dropout": recurrent_dropout}
+    if kind in ("rnn", "rnn_tanh", "rnn_relu"):
+        return RNNCell(input_size, hidden_size, bias, "relu" if kind == "rnn_relu" else "tanh", **reg)
+    classes = {"lstm": LSTMCell, "gru": GRUCell, "lnlstm": LayerNormLSTMCell}
+    if kind not in classes:
+        raise ConfigError(f"unknown cell {kind!r} — use one of {', '.join(CELL_TYPES)}")
+    return classes[kind](input_size, hidden_size, bias, **reg)
+
+
+def map_pairs(fn, new: State, old: State) -> State:
+    """``fn(new_part, old_part)`` over the tensors of a state (a tensor, or an LSTM's ``(h, c)``)."""
+    if isinstance(new, tuple):
+        return tuple(fn(n, o) for n, o in zip(new, old, strict=True))
+    return fn(new, old)

@@ -64,6 +64,8 @@ class Recurrent(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         path: str = "auto",
+        zoneout: float = 0.0,
+        recurrent_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if num_layers <= 0:
@@ -72,7 +74,13 @@ class Recurrent(nn.Module):
             raise ConfigError(f"dropout must be in [0, 1) (got {dropout})")
         if path not in PATHS:
             raise ConfigError(f"unknown path {path!r} — use one of {', '.join(PATHS)}")
-        factory = (lambda c, h, b: make_cell(cell, c, h, b)) if isinstance(cell, str) else cell
+        if isinstance(cell, str):
+            def factory(c, h, b):
+                return make_cell(cell, c, h, b, zoneout, recurrent_dropout)
+        elif zoneout or recurrent_dropout:
+            raise ConfigError("zoneout and recurrent_dropout go with a cell name; a cell factory sets its own")
+        else:
+            factory = cell
         D = 2 if bidirectional else 1
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bidirectional, self.num_directions, self.dropout, self.bias = bidirectional, D, dropout, bias
@@ -81,11 +89,12 @@ class Recurrent(nn.Module):
             for layer in range(num_layers)
             for _ in range(D)
         )
-        mode = self.cells[0].fused_mode
+        mode = self.cells[0].fused_kernel
         if path == "fused" and mode is None:
-            raise ConfigError(
-                f"{type(self.cells[0]).__name__} has no fused kernel — use path='auto' or 'explicit'"
-            )
+            what = type(self.cells[0]).__name__
+            if self.cells[0].fused_mode is not None:
+                what = "zoneout or recurrent dropout"
+            raise ConfigError(f"{what} has no fused kernel — use path='auto' or 'explicit'")
         self.path = path
         # A parameterless torch.nn module whose forward we borrow (torch.func.functional_call) with the cells'
         # parameters. Kept out of the module tree so it adds nothing to state_dict().
@@ -152,7 +161,7 @@ class Recurrent(nn.Module):
     def torch_cells(self) -> list[nn.RNNCellBase] | None:
         """Copies of the cells as torch.nn.RNNCell/LSTMCell/GRUCell (one fused C++ op per step), or None when a cell
         has no torch equivalent. Unidirectional layers only."""
-        mode = self.cells[0].fused_mode
+        mode = self.cells[0].fused_kernel
         if mode is None or self.bidirectional:
             return None
         out = []
@@ -248,7 +257,7 @@ class Recurrent(nn.Module):
         gx = cell.input_projection(x)  # (B, T, G*H)
         ys = []
         for t in range(x.shape[1]):
-            new = cell.recur(gx[:, t], s)
+            new = cell.step(gx[:, t], s)
             if mask is None:
                 s = new
                 ys.append(cell.output(s))
@@ -268,7 +277,7 @@ class Recurrent(nn.Module):
             raise ConfigError("a bidirectional layer cannot be stepped one token at a time")
         new = []
         for k, cell in enumerate(self.cells):
-            s = cell.recur(cell.input_projection(x), map_state(lambda t, k=k: t[k], state))
+            s = cell.step(cell.input_projection(x), map_state(lambda t, k=k: t[k], state))
             new.append(s)
             x = cell.output(s)
         return x, map_state(lambda *s: torch.stack(s), *new)
