@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from rnnkit.experiments.common import (
     TEST_SEED,
     TaskConfig,
-    batched,
     fit,
     info,
     init_forget_bias,
@@ -33,6 +32,7 @@ from rnnkit.experiments.common import (
     save_figure,
     setup,
     subplots,
+    test_scorer,
     write_csv,
 )
 from rnnkit.models.output import Output
@@ -100,12 +100,7 @@ def run_adding(config: AddingConfig, out: Path | str | None = None, log=info) ->
     test_x, test_y = test_x.to(device), test_y.to(device)
     baseline = nn.functional.mse_loss(torch.ones_like(test_y), test_y).item()
 
-    @torch.no_grad()
-    def evaluate(m: nn.Module) -> dict:
-        m.eval()
-        scores = batched(lambda x, y: _score(m, x, y), test_x, test_y)
-        m.train()
-        return scores
+    evaluate = test_scorer(_score, test_x, test_y)
 
     log(f"adding problem: {config.cell.upper()} {config.hidden_size} hidden, T={config.T}, batch "
         f"{config.batch_size}, lr {config.lr:g}, budget {config.minutes:g} min"
@@ -116,7 +111,7 @@ def run_adding(config: AddingConfig, out: Path | str | None = None, log=info) ->
     fig, ax = subplots(figsize=(8, 4.5), dpi=100)
     plot_curves(ax, rows, "train_mse", "test_mse", baseline, f"predict 1 ({baseline:.3f})")
     ax.set_ylabel("mean squared error")
-    ax.set_title(f"adding problem, T={config.T}: {config.cell.upper()} reaches test MSE {rows[-1]['test_mse']:.4f}")
+    ax.set_title(f"adding problem, T={config.T}: {config.cell.upper()} reaches test MSE {rows[-1]['test_mse']:.2g}")
     ax.legend()
     save_figure(fig, out / "adding.png")
     last = rows[-1]

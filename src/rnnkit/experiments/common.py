@@ -163,6 +163,19 @@ def batched(fn: Callable[[Tensor, Tensor], dict], x: Tensor, y: Tensor, size: in
     return {k: v / len(x) for k, v in total.items()}
 
 
+def test_scorer(score: Callable[[nn.Module, Tensor, Tensor], dict], x: Tensor, y: Tensor):
+    """``evaluate(model) -> dict``: ``score`` averaged over the fixed test set, in eval mode, without gradients."""
+
+    @torch.no_grad()
+    def evaluate(model: nn.Module) -> dict:
+        model.eval()
+        scores = batched(lambda xb, yb: score(model, xb, yb), x, y)
+        model.train()
+        return scores
+
+    return evaluate
+
+
 def fit(
     model: nn.Module,
     config: TaskConfig,

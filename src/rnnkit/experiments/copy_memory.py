@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from rnnkit.experiments.common import (
     TEST_SEED,
     TaskConfig,
-    batched,
     fit,
     info,
     init_forget_bias,
@@ -33,6 +32,7 @@ from rnnkit.experiments.common import (
     save_figure,
     setup,
     subplots,
+    test_scorer,
     write_csv,
 )
 from rnnkit.models.output import Output
@@ -107,12 +107,7 @@ def run_copy(config: CopyConfig, out: Path | str | None = None, log=info) -> dic
                                                       torch.Generator().manual_seed(TEST_SEED)))
     baseline = baseline_loss(config.T)
 
-    @torch.no_grad()
-    def evaluate(m: nn.Module) -> dict:
-        m.eval()
-        scores = batched(lambda x, y: _score(m, x, y), test_x, test_y)
-        m.train()
-        return scores
+    evaluate = test_scorer(_score, test_x, test_y)
 
     log(f"copy task: {config.cell.upper()} {config.hidden_size} hidden, delay T={config.T} ({config.T + 20} steps), "
         f"batch {config.batch_size}, lr {config.lr:g}, budget {config.minutes:g} min"

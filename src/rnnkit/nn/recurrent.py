@@ -254,10 +254,12 @@ class Recurrent(nn.Module):
     @staticmethod
     def _run_cell(cell: Cell, x: Tensor, s: State, mask: Tensor | None) -> tuple[Tensor, State]:
         """Loop one cell over time. The input half of every step is computed at once, outside the loop."""
-        gx = cell.input_projection(x)  # (B, T, G*H)
+        # unbind, not gx[:, t]: each indexing op's backward would write a zero (B, T, G*H) gradient per step,
+        # O(T^2) memory traffic; unbind's backward stacks the T slices once.
+        gxs = cell.input_projection(x).unbind(1)  # T x (B, G*H)
         ys = []
-        for t in range(x.shape[1]):
-            new = cell.step(gx[:, t], s)
+        for t, gx in enumerate(gxs):
+            new = cell.step(gx, s)
             if mask is None:
                 s = new
                 ys.append(cell.output(s))
