@@ -1,4 +1,7 @@
-"""Plots written as PNG files (matplotlib, Agg backend: no display needed)."""
+"""Plots written as PNG files (matplotlib on the Agg backend: no display needed).
+
+matplotlib is imported when the first plot is drawn, not when rnnkit is, so commands that draw nothing start fast.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,34 @@ import io
 import math
 from pathlib import Path
 
-import matplotlib
+from rnnkit.checkpoint import atomic_write
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from rnnkit.checkpoint import atomic_write  # noqa: E402
+def subplots(*args, **kwargs):
+    """``matplotlib.pyplot.subplots`` on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG, atomically (a reader never sees half a file), and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write(Path(path), buf.getvalue())
+    return Path(path)
 
 
 def plot_losses(rows: list[dict], path: Path) -> Path:
     """Training and validation loss (nats/char, left axis; bits/char on the right) against step."""
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    fig, ax = subplots(figsize=(8, 4.5), dpi=100)
     train = [(r["step"], r["loss"]) for r in rows if r.get("loss") is not None]
     val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
     if train:
@@ -32,9 +52,4 @@ def plot_losses(rows: list[dict], path: Path) -> Path:
     secondary.set_ylabel("bits/char")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write(Path(path), buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path)

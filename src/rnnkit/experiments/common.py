@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from rnnkit.checkpoint import atomic_write
 from rnnkit.errors import ConfigError, TrainingDiverged
 from rnnkit.nn.recurrent import Recurrent
+from rnnkit.plots import save_figure, subplots  # noqa: F401  (the tasks import them from here)
 from rnnkit.train import resolve_device
 
 CELLS = ("rnn", "lstm", "gru")
@@ -123,28 +124,6 @@ def write_csv(rows: list[dict], path: Path) -> Path:
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     atomic_write(Path(path), buf.getvalue().encode())
-    return Path(path)
-
-
-def subplots(*args, **kwargs):
-    """``matplotlib.pyplot.subplots`` on the Agg backend (no display), imported only when a plot is drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(*args, **kwargs)
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Write ``fig`` as a PNG, atomically, and close it."""
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write(Path(path), buf.getvalue())
     return Path(path)
 
 
