@@ -9,8 +9,6 @@ import rnnkit.data.corpus as corpus_module
 from rnnkit.data import CharVocab, build_vocab, encode_file, iter_text, split_tokens
 from rnnkit.errors import CorpusError, VocabularyError
 
-UNICODE_TEXT = "Café naïve — 日本語の文字\tand emoji 🦀🐍 (outside the BMP)\nsecond line: ß ø Ω ∑ 𝔘\r\nend"
-
 
 # -- corpus reading ------------------------------------------------------------------------------------------
 def _read_all(path):

@@ -9,7 +9,6 @@ import torch
 from rnnkit.data import IGNORE_INDEX, Streams, build_vocab, encode_file, split_tokens
 
 
-
 # -- Streams -------------------------------------------------------------------------------------------------
 def _windows(streams):
     return [streams.window(k) for k in range(len(streams))]
