@@ -31,7 +31,7 @@ from rnnkit.checkpoint import (
     optimizer_tensors,
     save_tensors,
 )
-from rnnkit.data.streams import Streams
+from rnnkit.data.streams import IGNORE_INDEX, Streams
 from rnnkit.errors import CheckpointError, ConfigError, CorpusError, TrainingDiverged
 from rnnkit.metrics import MetricsLog
 from rnnkit.nn.cells import State
@@ -121,8 +121,8 @@ def evaluate(model: nn.Module, tokens: np.ndarray, streams: int, device: torch.d
         out = model(x, state)
         state = out.state
         logits = out.logits.float().flatten(0, 1)  # (B*T, V)
-        total += nn.functional.cross_entropy(logits, y.flatten(), ignore_index=-100, reduction="sum").item()
-        count += int((y != -100).sum())
+        total += nn.functional.cross_entropy(logits, y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").item()
+        count += int((y != IGNORE_INDEX).sum())
     model.train(was_training)
     return total / count
 
@@ -228,7 +228,7 @@ class Trainer:
         self.optimizer.step()
         self.state = detach_state(out.state)
         self.step += 1
-        n = int((y != -100).sum())
+        n = int((y != IGNORE_INDEX).sum())
         self.tokens_seen += n
         return out.loss.item(), norm.item(), n
 

@@ -19,6 +19,11 @@ PATHS = ("auto", "fused", "explicit")
 _FUSED_MODULES = {"LSTM": nn.LSTM, "GRU": nn.GRU, "RNN_TANH": nn.RNN, "RNN_RELU": nn.RNN}
 
 
+def _mode_kwargs(mode: str) -> dict:
+    """The torch.nn keyword a fused mode implies: ``nonlinearity`` for RNN_TANH / RNN_RELU, nothing otherwise."""
+    return {"nonlinearity": mode[4:].lower()} if mode.startswith("RNN_") else {}
+
+
 def map_state(fn: Callable[..., Tensor], *states: State) -> State:
     """Apply ``fn`` to the tensors of one or more states of the same kind (a tensor, or an LSTM ``(h, c)``)."""
     if isinstance(states[0], tuple):
@@ -100,7 +105,7 @@ class Recurrent(nn.Module):
         # parameters. Kept out of the module tree so it adds nothing to state_dict().
         self._fused = None
         if mode is not None and path != "explicit":
-            kwargs = {"nonlinearity": mode[4:].lower()} if mode.startswith("RNN_") else {}
+            kwargs = _mode_kwargs(mode)
             template = _FUSED_MODULES[mode](
                 input_size, hidden_size, num_layers, bias=bias, batch_first=True,
                 dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional, device="meta", **kwargs,
@@ -149,7 +154,7 @@ class Recurrent(nn.Module):
         mode = self.cells[0].fused_mode
         if mode is None:
             raise ConfigError(f"{type(self.cells[0]).__name__} has no torch.nn equivalent")
-        kwargs = {"nonlinearity": mode[4:].lower()} if mode.startswith("RNN_") else {}
+        kwargs = _mode_kwargs(mode)
         p = self.cells[0].weight_ih
         module = _FUSED_MODULES[mode](
             self.input_size, self.hidden_size, self.num_layers, bias=self.bias, batch_first=True,
@@ -167,7 +172,7 @@ class Recurrent(nn.Module):
         out = []
         for cell in self.cells:
             p = cell.weight_ih
-            kwargs = {"nonlinearity": mode[4:].lower()} if mode.startswith("RNN_") else {}
+            kwargs = _mode_kwargs(mode)
             cls = {"LSTM": nn.LSTMCell, "GRU": nn.GRUCell}.get(mode, nn.RNNCell)
             torch_cell = cls(cell.input_size, cell.hidden_size, bias=cell.bias, device=p.device, dtype=p.dtype,
                              **kwargs)
