@@ -27,7 +27,7 @@ EXPERIMENTS = {
 }
 
 
-def add_experiment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``experiment {adding,copy,gradient-flow}`` to the CLI's sub-commands; ``args.func(args)`` runs one."""
     parser = subparsers.add_parser(
         "experiment", help="synthetic experiments: how an RNN learns (adding, copy, gradient-flow)",
@@ -53,6 +53,6 @@ def run_experiment(args: argparse.Namespace) -> int:
 
 __all__ = [
     "EXPERIMENTS", "AddingConfig", "AddingRegressor", "CopyConfig", "CopyTagger", "GradientFlowConfig",
-    "adding_batch", "add_experiment_parser", "baseline_loss", "copy_batch", "run_adding", "run_copy",
+    "adding_batch", "add_parsers", "baseline_loss", "copy_batch", "run_adding", "run_copy",
     "run_experiment", "run_gradient_flow", "state_gradient_norms",
 ]

@@ -1,7 +1,4 @@
-"""The ``rnnkit`` command line: train, sample, eval.
-
-Every error a user can cause prints one line (``error: what is wrong — what to do``) and exits with status 2.
-"""
+"""``rnnkit train|sample|eval``: the character-level language model."""
 
 from __future__ import annotations
 
@@ -13,19 +10,17 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cliargs import Parser, add_dataclass_args, given
+from rnnkit.cli.common import add_load_args, info
+from rnnkit.cliargs import add_dataclass_args, given
 from rnnkit.errors import ConfigError, RnnkitError
 
 MAIN_JOB_SAMPLE = 300
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The language-model verbs: train, sample, eval."""
     from rnnkit.models.language_model import LanguageModelConfig
     from rnnkit.train import TrainConfig
-
-    parser = Parser(prog="rnnkit", description="Recurrent neural networks: train, sample and evaluate.")
-    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("train", help="train a character-level language model",
                        description="Train a character-level language model by stateful truncated BPTT.")
@@ -48,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="random seed, for reproducible samples")
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together (default: 1)")
     p.add_argument("--int8", action="store_true", help="int8 weights (dynamic quantisation, CPU): faster, ~lossless")
-    _add_load_args(p)
+    add_load_args(p)
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("eval", help="validation loss of a trained model in nats/char and bits/char")
@@ -57,23 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="val: the last 10%% of the corpus (default); all: the whole file")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    _add_load_args(p)
+    add_load_args(p)
     p.set_defaults(func=cmd_eval)
-
-    from rnnkit.experiments import add_experiment_parser
-
-    add_experiment_parser(sub)
-    return parser
-
-
-def _add_load_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", choices=("best", "last"), default="best",
-                   help="best validation loss (default) or the latest weights")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-
-
-def info(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- train ---------------------------------------------------------------------------------------------------
@@ -228,22 +208,3 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{loss:.4f} nats/char ({loss / math.log(2):.4f} bits/char) over {result['characters']:,} "
               f"characters ({'last 10%' if args.split == 'val' else 'all'} of {path}, {args.weights} weights)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except RnnkitError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `rnnkit sample ... | head`
-        return 0
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

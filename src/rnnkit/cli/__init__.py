@@ -1,0 +1,49 @@
+"""The ``rnnkit`` command line.
+
+Each module listed in ``COMMANDS`` adds its verbs to the sub-command parser through ``add_parsers(sub)`` and
+imports what its verbs need only when they run, so ``rnnkit --help`` stays fast. Every error a user can cause
+prints one line (``error: what is wrong — what to do``) and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rnnkit import __version__
+from rnnkit.cliargs import Parser
+from rnnkit.errors import RnnkitError
+
+COMMANDS = (
+    "rnnkit.cli.lm",  # train, sample, eval
+    "rnnkit.experiments",  # experiment adding|copy|gradient-flow
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks: train, sample and evaluate.")
+    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for module in COMMANDS:
+        importlib.import_module(module).add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except RnnkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `rnnkit sample ... | head`
+        return 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
