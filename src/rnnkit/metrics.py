@@ -12,8 +12,10 @@ FILENAME = "metrics.csv"
 
 
 class MetricsLog:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, extra: tuple[str, ...] = ()) -> None:
+        """``extra``: columns a task logs besides the common ones (e.g. ``val_accuracy``)."""
         self.path = Path(run_dir) / FILENAME
+        self.columns = COLUMNS + tuple(extra)
 
     def log(self, **row) -> None:
         new = not self.path.exists()
@@ -21,8 +23,8 @@ class MetricsLog:
         with open(self.path, "a", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             if new:
-                writer.writerow(COLUMNS)
-            writer.writerow(["" if row.get(c) is None else _fmt(row[c]) for c in COLUMNS])
+                writer.writerow(self.columns)
+            writer.writerow(["" if row.get(c) is None else _fmt(row[c]) for c in self.columns])
 
     def rows(self) -> list[dict]:
         if not self.path.exists():

@@ -1,8 +1,10 @@
-"""The trainer: stateful truncated BPTT, AdamW with warm-up + cosine decay, gradient clipping, validation over the
-whole validation split, checkpoints, metrics and a loss curve.
+"""What every rnnkit trainer shares: the budget, AdamW with warm-up + cosine decay, clipping, divergence checks,
+validation and checkpoints every ``eval_interval`` steps, metrics.csv, a progress bar, Ctrl-C that saves, and a
+resume that restores everything.
 
-Works with any model that has ``init_state(B)`` and ``forward(x, state, targets) -> Output(logits, loss, state)``.
-Shape letters: B streams (batch), T window length.
+A trainer subclasses ``LoopTrainer`` and supplies the data side: ``train_step`` (one update, through
+``optimize``), ``validate`` (lower is better for the first figure), and what its data position is in a
+checkpoint (``position`` / ``restore_position``).
 """
 
 from __future__ import annotations
@@ -12,10 +14,10 @@ import signal
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -31,19 +33,15 @@ from rnnkit.checkpoint import (
     optimizer_tensors,
     save_tensors,
 )
-from rnnkit.data.streams import IGNORE_INDEX, Streams
-from rnnkit.errors import CheckpointError, ConfigError, CorpusError, TrainingDiverged
+from rnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from rnnkit.metrics import MetricsLog
-from rnnkit.nn.cells import State
-from rnnkit.nn.recurrent import map_state
 
 
 @dataclass
-class TrainConfig:
-    """One training run; saved in config.json. CLI flags are derived from these fields."""
+class LoopConfig:
+    """Optimisation, budget and bookkeeping of a run; task trainers extend it. CLI flags are derived from it."""
 
-    batch_size: int = field(default=64, metadata={"help": "parallel streams per step (B)"})
-    seq_len: int = field(default=128, metadata={"help": "TBPTT window: steps backpropagated per update (T)"})
+    batch_size: int = field(default=64, metadata={"help": "sequences per update (B)"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate (AdamW)"})
     min_lr_ratio: float = field(default=0.05, metadata={"help": "final learning rate as a fraction of --lr"})
     warmup_steps: int = field(default=50, metadata={"help": "linear warm-up steps"})
@@ -52,15 +50,14 @@ class TrainConfig:
     max_steps: int | None = field(default=None, metadata={"help": "stop after this many updates"})
     minutes: float | None = field(default=None, metadata={"help": "stop after this much wall time"})
     eval_interval: int = field(default=100, metadata={"help": "validate and checkpoint every N steps"})
-    eval_streams: int = field(default=16, metadata={"help": "parallel streams for validation"})
     log_interval: int = field(default=10, metadata={"help": "write a metrics.csv row every N steps"})
-    seed: int = field(default=1337, metadata={"help": "random seed (initialisation, dropout, data offsets)"})
+    seed: int = field(default=1337, metadata={"help": "random seed (initialisation, dropout, data order)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     precision: str = field(default="bf16", metadata={
         "help": "fp32, or bf16 (autocast: bfloat16 matrix products, fp32 weights, optimizer and validation)"})
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "seq_len", "eval_interval", "eval_streams", "log_interval"):
+        for name in ("batch_size", "eval_interval", "log_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
         if not self.lr > 0:
@@ -95,39 +92,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def detach_state(state: State | None) -> State | None:
-    """Cut the graph at the window edge so BPTT stops here.
-
-    The values carry on into the next window — the model keeps its memory of the stream — but gradients
-    from the next window's loss do not flow back into this one. Without this, every update would
-    backpropagate through the whole history seen so far, and time and memory would grow without bound.
-    """
-    return None if state is None else map_state(lambda t: t.detach(), state)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, tokens: np.ndarray, streams: int, device: torch.device, window: int = 1024) -> float:
-    """Mean next-token loss (nats) over every target of ``tokens``, state carried across windows.
-
-    With the state carried, the result does not depend on ``window``; only on ``streams`` (each stream starts
-    from the zero state).
-    """
-    was_training = model.training
-    model.eval()
-    batches = Streams(tokens, min(streams, len(tokens) - 1), window)
-    total, count, state = 0.0, 0, None
-    for k in range(len(batches)):
-        x, y = (t.to(device) for t in batches.window(k))
-        out = model(x, state)
-        state = out.state
-        logits = out.logits.float().flatten(0, 1)  # (B*T, V)
-        total += nn.functional.cross_entropy(logits, y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").item()
-        count += int((y != IGNORE_INDEX).sum())
-    model.train(was_training)
-    return total / count
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: LoopConfig) -> torch.optim.AdamW:
     """AdamW; weight decay on matrices (embedding, recurrent and head weights), none on biases."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
@@ -137,59 +102,41 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
 
 
-class Trainer:
-    """Trains a token-stream model by stateful truncated BPTT, writing checkpoints into ``run_dir``."""
+class LoopTrainer:
+    """The training loop and its checkpoints; subclasses supply the data (see the module docstring)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        train_tokens: np.ndarray,
-        val_tokens: np.ndarray,
-        config: TrainConfig,
-        run_dir: str | Path,
-        show_progress: bool = True,
-    ) -> None:
+    #: figures ``validate`` returns besides ``val_loss``; they become metrics.csv columns
+    extra_metrics: tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, config: LoopConfig, run_dir: str | Path, show_progress: bool = True) -> None:
         self.config, self.run_dir, self.show_progress = config, Path(run_dir), show_progress
         self.device = resolve_device(config.device)
-        per_stream = (len(train_tokens) - 1) // config.batch_size
-        if per_stream < config.seq_len:
-            raise CorpusError(
-                f"the training split ({len(train_tokens):,} characters) is shorter than one window per stream "
-                f"(batch_size {config.batch_size} x seq_len {config.seq_len}) — pass a larger corpus or lower "
-                "--batch-size / --seq-len"
-            )
-        if len(val_tokens) < 2:
-            raise CorpusError("the validation split needs at least 2 characters — pass a larger corpus")
-        self.train_tokens, self.val_tokens = train_tokens, val_tokens
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, config)
-        self.metrics = MetricsLog(self.run_dir)
+        self.metrics = MetricsLog(self.run_dir, extra=self.extra_metrics)
         # training position: everything here is saved in trainer_state and restored by resume()
-        self.step = self.epoch = self.window = self.tokens_seen = 0
+        self.step = self.tokens_seen = 0
         self.elapsed = 0.0
         self.best_val = math.inf
         self.last_val: float | None = None
-        self.state: State | None = None  # the hidden state carried from the previous window
-        self._streams: Streams | None = None
+        self.last_figures: dict = {}
         self._stop = False
 
-    # -- data ------------------------------------------------------------------------------------------------
-    def _epoch_streams(self, epoch: int) -> Streams:
-        """Epoch 0 starts at the first character; later epochs shift by a seeded offset below T, so windows
-        do not fall on the same edges every epoch."""
-        rng = np.random.default_rng([self.config.seed, epoch])
-        offset = 0 if epoch == 0 else int(rng.integers(self.config.seq_len))
-        return Streams(self.train_tokens[offset:], self.config.batch_size, self.config.seq_len)
+    # -- what a task trainer supplies ------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float, int]:
+        """One update: forward, ``self.optimize(loss)``. Returns (loss, gradient norm, tokens in the batch)."""
+        raise NotImplementedError
 
-    def _next_batch(self) -> tuple[Tensor, Tensor]:
-        if self._streams is None:
-            self._streams = self._epoch_streams(self.epoch)
-        if self.window >= len(self._streams):
-            self.epoch, self.window, self.state = self.epoch + 1, 0, None  # new streams start from zero state
-            self._streams = self._epoch_streams(self.epoch)
-        x, y = self._streams.window(self.window)
-        self.window += 1
-        return x.to(self.device), y.to(self.device)
+    def validate(self) -> dict:
+        """``{"val_loss": ..., **extra_metrics}`` on the validation data; ``val_loss`` picks the best checkpoint."""
+        raise NotImplementedError
+
+    def position(self) -> tuple[dict, dict[str, Tensor]]:
+        """Where in the data training is: JSON-able metadata and tensors, saved in trainer_state."""
+        return {}, {}
+
+    def restore_position(self, meta: dict, tensors: dict[str, Tensor]) -> None:
+        """Undo ``position``: called by ``resume`` after the model, optimizer and RNG are restored."""
 
     # -- schedule --------------------------------------------------------------------------------------------
     def progress(self) -> float:
@@ -208,29 +155,25 @@ class Trainer:
         return c.lr * warm * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
     # -- one update ------------------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, float, int]:
-        """One TBPTT window: forward with the carried state, backward, clip, AdamW. Returns (loss, norm, tokens)."""
-        x, y = self._next_batch()
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.config.precision == "bf16")
+
+    def optimize(self, loss: Tensor) -> float:
+        """Backward, clip, AdamW at the scheduled learning rate; counts the step. Returns the gradient norm."""
+        if not torch.isfinite(loss):
+            raise self._diverged(f"the loss became {loss.item()}")
         lr = self.lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.config.precision == "bf16"):
-            out = self.model(x, self.state, y)
-        if not torch.isfinite(out.loss):
-            raise self._diverged(f"the loss became {out.loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if not torch.isfinite(norm):
             raise self._diverged(f"the gradient norm became {norm.item()}")
         self.optimizer.step()
-        self.state = detach_state(out.state)
         self.step += 1
-        n = int((y != IGNORE_INDEX).sum())
-        self.tokens_seen += n
-        return out.loss.item(), norm.item(), n
+        return norm.item()
 
     def _diverged(self, what: str) -> TrainingDiverged:
         kept = f"the last good checkpoint in {self.run_dir} is untouched" if (self.run_dir / MODEL).exists() else (
@@ -260,17 +203,18 @@ class Trainer:
                 t0 = time.perf_counter()
                 loss, norm, n = self.train_step()
                 dt = time.perf_counter() - t0
+                self.tokens_seen += n
                 interval_loss, interval_n = interval_loss + loss, interval_n + 1
                 interval_tokens, interval_time = interval_tokens + n, interval_time + dt
                 self.elapsed += dt
-                val = None
+                figures = {}
                 if self.step % c.eval_interval == 0:
-                    val = self._validate_and_save()
-                if self.step % c.log_interval == 0 or val is not None:
+                    figures = self._validate_and_save()
+                if self.step % c.log_interval == 0 or figures:
                     tps = interval_tokens / max(interval_time, 1e-9)
                     self.metrics.log(
                         step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3), lr=self.lr(),
-                        loss=interval_loss / interval_n, grad_norm=norm, val_loss=val, tokens_per_s=round(tps, 1),
+                        loss=interval_loss / interval_n, grad_norm=norm, tokens_per_s=round(tps, 1), **figures,
                     )
                     if bar is not None:
                         bar.set_postfix(loss=f"{interval_loss / interval_n:.3f}", val=self._fmt_val(),
@@ -280,9 +224,9 @@ class Trainer:
                     bar.update(min(self._bar_position(), bar.total) - bar.n)
             interrupted = self._stop
             if self.step % c.eval_interval != 0 and not interrupted:
-                val = self._validate_and_save()
+                figures = self._validate_and_save()
                 self.metrics.log(step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
-                                 lr=self.lr(), loss=None, grad_norm=norm, val_loss=val, tokens_per_s=None)
+                                 lr=self.lr(), loss=None, grad_norm=norm, tokens_per_s=None, **figures)
             elif interrupted:
                 self.save()
         finally:
@@ -292,7 +236,7 @@ class Trainer:
         self.metrics.plot()
         return {
             "step": self.step, "tokens": self.tokens_seen, "elapsed_s": self.elapsed, "val_loss": self.last_val,
-            "best_val_loss": self.best_val, "interrupted": interrupted,
+            "best_val_loss": self.best_val, "interrupted": interrupted, **self.last_figures,
         }
 
     def _fmt_val(self) -> str:
@@ -329,16 +273,21 @@ class Trainer:
         previous = signal.signal(signal.SIGINT, handler)
         return lambda: signal.signal(signal.SIGINT, previous)
 
-    def _validate_and_save(self) -> float:
+    def _validate_and_save(self) -> dict:
         t0 = time.perf_counter()
-        val = evaluate(self.model, self.val_tokens, self.config.eval_streams, self.device)
-        self.last_val = val
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            figures = self.validate()
+        self.model.train(was_training)
+        val = figures["val_loss"]
+        self.last_val, self.last_figures = val, figures
         improved = val < self.best_val
         if improved:
             self.best_val = val
         self.save(best=improved)
         self.elapsed += time.perf_counter() - t0
-        return val
+        return figures
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def save(self, best: bool = False) -> None:
@@ -347,25 +296,21 @@ class Trainer:
         trainer_state holds its own copy of the weights, so resuming reads one file written in one atomic step.
         """
         weights = model_tensors(self.model)
-        meta = {"step": self.step, "val_loss": self.last_val}
+        meta = {"step": self.step, "val_loss": self.last_val, **{k: v for k, v in self.last_figures.items()
+                                                                 if k != "val_loss"}}
         save_tensors(self.run_dir / MODEL, weights, meta)
         if best:
             save_tensors(self.run_dir / BEST, weights, meta)
         optim, param_groups = optimizer_tensors(self.optimizer)
-        tensors = {**{f"model.{k}": v for k, v in weights.items()}, **optim}
+        position, position_tensors = self.position()
+        tensors = {**{f"model.{k}": v for k, v in weights.items()}, **optim, **position_tensors}
         tensors["rng.torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
-        state_kind = "none"
-        if self.state is not None:
-            parts = self.state if isinstance(self.state, tuple) else (self.state,)
-            state_kind = "tuple" if isinstance(self.state, tuple) else "tensor"
-            for i, t in enumerate(parts):
-                tensors[f"carry.{i}"] = t
         save_tensors(self.run_dir / TRAINER_STATE, tensors, {
-            "step": self.step, "epoch": self.epoch, "window": self.window, "tokens_seen": self.tokens_seen,
-            "elapsed_s": self.elapsed, "best_val": None if math.isinf(self.best_val) else self.best_val,
-            "last_val": self.last_val, "param_groups": param_groups, "state_kind": state_kind,
+            "step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed,
+            "best_val": None if math.isinf(self.best_val) else self.best_val, "last_val": self.last_val,
+            "last_figures": self.last_figures, "param_groups": param_groups, **position,
         })
 
     def resume(self) -> None:
@@ -380,13 +325,9 @@ class Trainer:
             torch.set_rng_state(tensors["rng.torch"])
             if "rng.cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
-            self.step, self.epoch, self.window = meta["step"], meta["epoch"], meta["window"]
-            self.tokens_seen, self.elapsed = meta["tokens_seen"], meta["elapsed_s"]
+            self.step, self.tokens_seen, self.elapsed = meta["step"], meta["tokens_seen"], meta["elapsed_s"]
             self.best_val = math.inf if meta["best_val"] is None else meta["best_val"]
-            self.last_val = meta["last_val"]
-            carry = [tensors[f"carry.{i}"].to(self.device) for i in range(2) if f"carry.{i}" in tensors]
-            kind = meta["state_kind"]
-            self.state = {"none": None, "tensor": carry[0] if carry else None, "tuple": tuple(carry)}[kind]
+            self.last_val, self.last_figures = meta["last_val"], meta.get("last_figures") or {}
+            self.restore_position(meta, tensors)
         except (KeyError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"{path} is incomplete ({e}) — the checkpoint is damaged") from None
-        self._streams = self._epoch_streams(self.epoch)
