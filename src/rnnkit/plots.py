@@ -53,3 +53,26 @@ def plot_losses(rows: list[dict], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return save_figure(fig, path)
+
+
+def plot_confusion(matrix, classes: list[str], path: Path, title: str = "") -> Path:
+    """A confusion matrix: rows are true classes, columns predicted; cells show counts, colour the row share."""
+    import numpy as np
+
+    m = np.asarray(matrix)
+    share = m / np.maximum(m.sum(1, keepdims=True), 1)
+    n = len(classes)
+    fig, ax = subplots(figsize=(max(5.0, 0.45 * n + 2.5), max(4.5, 0.45 * n + 2.0)), dpi=100)
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(n):
+        for j in range(n):
+            if m[i, j]:
+                ax.text(j, i, str(int(m[i, j])), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)

@@ -1,0 +1,79 @@
+"""Numeric sequences: UEA/UCR ``.ts`` files and the archive datasets that ship inside aeon, and per-feature scaling.
+
+aeon (the ``classical`` extra) does the parsing; it is imported when a series is loaded, not when rnnkit is.
+Shape letters: T steps, C features (channels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rnnkit.errors import CorpusError
+
+EXTRA = "pip install 'rnnkit[classical]'"
+
+
+def _aeon_datasets():
+    try:
+        import aeon.datasets
+    except ImportError:
+        raise CorpusError(f"loading UEA/UCR series needs aeon — {EXTRA}") from None
+    return aeon.datasets
+
+
+def shipped_uea_names() -> list[str]:
+    """The classification archive datasets in aeon's own package data (loaded without any download)."""
+    root = Path(_aeon_datasets().__file__).parent / "data"
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob(f"{p.name}_TRAIN.ts")))
+
+
+def _as_steps(X) -> list[np.ndarray]:
+    """aeon's ``(N, C, T)`` array or list of ``(C, T_i)`` arrays -> a list of ``(T_i, C)`` float32 arrays."""
+    return [np.ascontiguousarray(np.asarray(x, dtype=np.float32).T) for x in X]
+
+
+def load_uea(name: str) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray], np.ndarray]:
+    """``(train_x, train_labels, test_x, test_labels)`` of a shipped UEA/UCR dataset, with its official split."""
+    datasets = _aeon_datasets()
+    shipped = shipped_uea_names()
+    match = {_key(n): n for n in shipped}.get(_key(name))
+    if match is None:
+        raise CorpusError(f"{name!r} is not a UEA/UCR dataset shipped with aeon (those are: {', '.join(shipped)}) "
+                          "— pass a .ts file instead")
+    out = []
+    for split in ("train", "test"):
+        X, y = datasets.load_classification(match, split=split, extract_path=str(Path(datasets.__file__).parent
+                                                                                   / "data"))
+        out += [_as_steps(X), np.asarray(y).astype(str)]
+    return out[0], out[1], out[2], out[3]
+
+
+def _key(name: str) -> str:
+    """``japanese_vowels``, ``JapaneseVowels`` and ``japanese-vowels`` name the same dataset."""
+    return name.replace("_", "").replace("-", "").lower()
+
+
+def load_ts_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """``(sequences, labels)`` from a UEA/UCR ``.ts`` file (equal or unequal lengths, any number of channels)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(f"{path} does not exist — pass a UEA/UCR .ts file")
+    datasets = _aeon_datasets()
+    try:
+        X, y = datasets.load_from_ts_file(str(path))
+    except (OSError, ValueError) as e:
+        raise CorpusError(f"{path} is not a readable .ts file ({str(e).splitlines()[0]}) — check its header") from None
+    if y is None or len(y) == 0:
+        raise CorpusError(f"{path} holds no class labels — a classifier needs '@classLabel true ...' and labels")
+    return _as_steps(X), np.asarray(y).astype(str)
+
+
+def fit_scaler(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation over every step of ``sequences`` (a constant feature gets 1)."""
+    steps = np.concatenate([np.asarray(s, dtype=np.float64).reshape(len(s), -1) for s in sequences])
+    if not np.isfinite(steps).all():
+        raise CorpusError("the series hold NaN or infinite values — fill or drop them first")
+    std = steps.std(0)
+    return steps.mean(0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32)

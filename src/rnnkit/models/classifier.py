@@ -1,0 +1,174 @@
+"""Many-to-one: a sequence in, one class out (sentiment, a name's language, a spoken vowel's speaker).
+
+Shape letters: B batch, T time, C input features, E embedding size, H hidden units, D directions, K classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from rnnkit.errors import ConfigError
+from rnnkit.models.output import Output
+from rnnkit.nn.cells import CELL_TYPES, State
+from rnnkit.nn.recurrent import PATHS, Recurrent
+
+POOLING = ("last", "mean", "attention")
+
+
+@dataclass
+class EncoderConfig:
+    """The recurrent encoder many-to-one models share; token inputs when ``vocab_size`` > 0, else ``input_size``
+    features per step."""
+
+    vocab_size: int = field(default=0, metadata={"cli": False})
+    input_size: int = field(default=0, metadata={"cli": False})
+    cell: str = field(default="lstm", metadata={"help": f"recurrent cell: {', '.join(CELL_TYPES)}"})
+    hidden_size: int = field(default=128, metadata={"help": "hidden units per layer and direction (H)"})
+    num_layers: int = field(default=1, metadata={"help": "stacked recurrent layers"})
+    bidirectional: bool = field(default=True, metadata={"help": "read each sequence both ways"})
+    embedding_size: int = field(default=64, metadata={"help": "token embedding size (E), for token inputs"})
+    dropout: float = field(default=0.2, metadata={"help": "dropout on embeddings, between layers and before the head"})
+    path: str = field(default="auto", metadata={"help": "recurrent path: auto (fused when possible), fused, explicit"})
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELL_TYPES:
+            raise ConfigError(f"unknown cell {self.cell!r} — use one of {', '.join(CELL_TYPES)}")
+        for name in ("hidden_size", "num_layers", "embedding_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
+        if self.vocab_size < 0 or self.input_size < 0:
+            raise ConfigError("vocab_size and input_size must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.path not in PATHS:
+            raise ConfigError(f"unknown path {self.path!r} — use one of {', '.join(PATHS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Encoder(nn.Module):
+    """Token embedding (or standardised features) -> dropout -> recurrent layer; ``(y (B, T, D*H), state)``.
+
+    Feature inputs are standardised inside the model, ``(x - input_mean) / input_std``, with statistics fitted on
+    the training data (``set_scaling``) and saved with the weights, so a checkpoint takes raw features.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        if (config.vocab_size > 0) == (config.input_size > 0):
+            raise ConfigError("give exactly one of vocab_size (token inputs) and input_size (feature inputs)")
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=0) \
+            if config.vocab_size else None
+        size = config.embedding_size if config.vocab_size else config.input_size
+        self.drop = nn.Dropout(config.dropout)
+        self.rnn = Recurrent(config.cell, size, config.hidden_size, config.num_layers,
+                             bidirectional=config.bidirectional, dropout=config.dropout, path=config.path)
+        self.output_size = config.hidden_size * (2 if config.bidirectional else 1)
+        if config.input_size:
+            self.register_buffer("input_mean", torch.zeros(config.input_size))
+            self.register_buffer("input_std", torch.ones(config.input_size))
+
+    def set_scaling(self, mean, std) -> None:
+        """Per-feature statistics of the training data (see ``rnnkit.data.series.fit_scaler``)."""
+        self.input_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
+        if self.embedding is not None:
+            inputs = self.embedding(x)  # (B, T, E)
+        else:
+            inputs = (x - self.input_mean) / self.input_std  # (B, T, C)
+        return self.rnn(self.drop(inputs), state, lengths)  # (B, T, D*H)
+
+
+def valid_mask(lengths: Tensor | None, B: int, T: int, device: torch.device) -> Tensor:
+    """``(B, T)`` True where a step is inside its sequence."""
+    if lengths is None:
+        return torch.ones(B, T, dtype=torch.bool, device=device)
+    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+class Pooling(nn.Module):
+    """Many steps to one vector, over valid steps only.
+
+    ``last``: the forward direction's output at the last valid step (and the backward direction's at step 0,
+    which has read the whole sequence); ``mean``: the average; ``attention``: a learnt softmax weighting
+    ``a_t ∝ exp(v·tanh(W y_t))`` (additive attention with one learnt query).
+    """
+
+    def __init__(self, kind: str, size: int, bidirectional: bool) -> None:
+        super().__init__()
+        if kind not in POOLING:
+            raise ConfigError(f"unknown pooling {kind!r} — use one of {', '.join(POOLING)}")
+        self.kind, self.bidirectional = kind, bidirectional
+        if kind == "attention":
+            self.score = nn.Sequential(nn.Linear(size, size), nn.Tanh(), nn.Linear(size, 1, bias=False))
+
+    def forward(self, y: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """``y (B, T, S)`` -> ``(pooled (B, S), weights (B, T) or None)``."""
+        B, T, S = y.shape
+        mask = valid_mask(lengths, B, T, y.device)
+        if self.kind == "last":
+            last = (mask.sum(1) - 1).clamp(min=0)  # (B,)
+            fwd = y[torch.arange(B, device=y.device), last]  # (B, S)
+            if not self.bidirectional:
+                return fwd, None
+            half = S // 2
+            return torch.cat([fwd[:, :half], y[:, 0, half:]], dim=1), None
+        if self.kind == "mean":
+            weights = mask.to(y.dtype) / mask.sum(1, keepdim=True).to(y.dtype)  # (B, T)
+        else:
+            scores = self.score(y).squeeze(-1).float()  # (B, T)
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=1).to(y.dtype)
+        return torch.einsum("bt,bts->bs", weights, y), weights
+
+
+@dataclass
+class SequenceClassifierConfig(EncoderConfig):
+    """Everything needed to rebuild a SequenceClassifier; saved as JSON beside the weights."""
+
+    num_classes: int = field(default=0, metadata={"cli": False})
+    pooling: str = field(default="attention", metadata={"help": f"steps to one vector: {', '.join(POOLING)}"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pooling not in POOLING:
+            raise ConfigError(f"unknown pooling {self.pooling!r} — use one of {', '.join(POOLING)}")
+
+
+class SequenceClassifier(nn.Module):
+    """encoder -> pooling over valid steps -> dropout -> linear head to K classes.
+
+    ``forward(x (B, T) ids or (B, T, C), state=None, targets=None (B,), lengths=None (B,))
+    -> Output(logits (B, K), loss, state)``. Padding never changes a prediction: the encoder packs (fused path)
+    or masks (explicit path), and pooling reads valid steps only.
+    """
+
+    def __init__(self, config: SequenceClassifierConfig) -> None:
+        super().__init__()
+        if config.num_classes < 2:
+            raise ConfigError(f"a classifier needs at least 2 classes (got {config.num_classes})")
+        self.config = config
+        self.encoder = Encoder(config)
+        self.pool = Pooling(config.pooling, self.encoder.output_size, config.bidirectional)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(self.encoder.output_size, config.num_classes)
+
+    def init_state(self, batch_size: int) -> State:
+        return self.encoder.rnn.init_state(batch_size)
+
+    def forward(self, x: Tensor, state: State | None = None, targets: Tensor | None = None,
+                lengths: Tensor | None = None) -> Output:
+        y, state = self.encoder(x, state, lengths)  # (B, T, D*H)
+        pooled, _ = self.pool(y, lengths)  # (B, D*H)
+        logits = self.head(self.drop(pooled))  # (B, K)
+        loss = None if targets is None else F.cross_entropy(logits.float(), targets)
+        return Output(logits, loss, state)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

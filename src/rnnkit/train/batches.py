@@ -1,0 +1,128 @@
+"""The trainer for models that map a whole sequence to one target (many-to-one): shuffled padded mini-batches,
+one pass over the training examples per epoch, validation loss (and accuracy for classes) on held-out examples.
+
+Works with any model whose ``forward(x, state=None, targets=None, lengths=None)`` returns ``Output`` with a
+mean loss over the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rnnkit.data.labeled import Batch, Examples
+from rnnkit.errors import ConfigError, CorpusError
+from rnnkit.train.loop import LoopConfig, LoopTrainer
+
+
+@dataclass
+class BatchTrainConfig(LoopConfig):
+    """One many-to-one training run; saved in config.json. CLI flags are derived from these fields."""
+
+    batch_size: int = field(default=32, metadata={"help": "sequences per update (B)"})
+    lr: float = field(default=2e-3, metadata={"help": "peak learning rate (AdamW)"})
+    warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
+    epochs: float | None = field(default=None, metadata={
+        "help": "passes over the training examples (sets --max-steps; default 20 when no budget is given)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.epochs is not None and not self.epochs > 0:
+            raise ConfigError(f"epochs must be positive (got {self.epochs})")
+
+
+class BatchTrainer(LoopTrainer):
+    """Trains a many-to-one model on ``train`` Examples, validating on ``val``, checkpoints in ``run_dir``.
+
+    ``classes=True`` adds ``val_accuracy`` (argmax of the logits against integer targets) to the figures.
+    """
+
+    def __init__(self, model: nn.Module, train: Examples, val: Examples, config: BatchTrainConfig,
+                 run_dir: str | Path, classes: bool = True, show_progress: bool = True) -> None:
+        if len(train) == 0 or len(val) == 0:
+            raise CorpusError(f"{len(train)} training and {len(val)} validation examples — both need at least one")
+        self.classes = classes
+        self.extra_metrics = ("val_accuracy",) if classes else ()
+        if config.epochs is not None:
+            steps = math.ceil(config.epochs * self.steps_per_epoch(len(train), config.batch_size))
+            config.max_steps = min(config.max_steps or steps, steps)
+        elif not config.max_steps and not config.minutes:
+            raise ConfigError("give a budget: --epochs E, --max-steps N or --minutes M")
+        super().__init__(model, config, run_dir, show_progress)
+        self.train_examples, self.val_examples = train, val
+        self.epoch = self.index = 0  # index: the next batch within this epoch's order
+        self._order: np.ndarray | None = None
+
+    @staticmethod
+    def steps_per_epoch(n: int, batch_size: int) -> int:
+        return max(1, n // batch_size)  # the last partial batch is dropped: it would weigh its few examples more
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_examples))
+
+    def _next_batch(self) -> Batch:
+        B = self.config.batch_size
+        if self._order is None:
+            self._order = self._epoch_order(self.epoch)
+        if self.index >= self.steps_per_epoch(len(self.train_examples), B):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._order = self._epoch_order(self.epoch)
+        picked = self._order[self.index * B:(self.index + 1) * B]
+        self.index += 1
+        return self.train_examples.batch(picked).to(self.device)
+
+    # -- the LoopTrainer hooks -------------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float, int]:
+        batch = self._next_batch()
+        self.model.train()
+        with self.autocast():
+            out = self.model(batch.x, None, batch.y, lengths=batch.lengths)
+        norm = self.optimize(out.loss)
+        return out.loss.item(), norm, int(batch.lengths.sum())
+
+    def validate(self) -> dict:
+        loss, correct = evaluate_examples(self.model, self.val_examples, self.device, self.config.batch_size * 4)
+        figures = {"val_loss": loss}
+        if self.classes:
+            figures["val_accuracy"] = correct
+        return figures
+
+    def position(self) -> tuple[dict, dict[str, Tensor]]:
+        return {"epoch": self.epoch, "index": self.index}, {}
+
+    def restore_position(self, meta: dict, tensors: dict[str, Tensor]) -> None:
+        self.epoch, self.index = meta["epoch"], meta["index"]
+        self._order = self._epoch_order(self.epoch)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, examples: Examples, device: torch.device, batch_size: int = 128) -> Tensor:
+    """Logits (or outputs) for every example, in order: ``(N, ...)`` on the CPU, float32."""
+    was_training = model.training
+    model.eval()
+    outs = [model(b.x.to(device), lengths=b.lengths).logits.float().cpu() for b in examples.batches(batch_size)]
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def evaluate_examples(model: nn.Module, examples: Examples, device: torch.device,
+                      batch_size: int = 128) -> tuple[float, float | None]:
+    """``(mean loss, accuracy)`` over ``examples``; accuracy is None unless the targets are class ids."""
+    was_training = model.training
+    model.eval()
+    total, correct = 0.0, 0
+    for b in examples.batches(batch_size):
+        b = b.to(device)
+        out = model(b.x, None, b.y, lengths=b.lengths)
+        total += out.loss.item() * len(b.y)
+        if not b.y.is_floating_point():
+            correct += int((out.logits.argmax(-1) == b.y).sum())
+    model.train(was_training)
+    n = len(examples)
+    return total / n, (correct / n if not examples.targets.dtype.kind == "f" else None)
