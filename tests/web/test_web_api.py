@@ -187,3 +187,67 @@ def test_nothing_outside_the_static_files_is_served(client, tiny_run, path):
 def test_wrong_methods_and_routes_are_json(client):
     assert_error(client.get("/api/generate"), 405)
     assert_error(client.post("/api/nothing", json={}), 404)
+
+
+def test_a_client_that_leaves_stops_the_sampling(loaded):
+    import asyncio
+    import threading
+    import time
+
+    from anyio import CapacityLimiter
+
+    from rnnkit.web.app import _stream
+    from rnnkit.web.service import Service
+
+    service = Service(*loaded, name="run")
+    sampled, finished, real_run = [], threading.Event(), service.run
+
+    def slow_run(job, on_char):  # 1 ms a character: 2 s if nobody stops it
+        try:
+            return real_run(job, lambda ch: (sampled.append(ch), on_char(ch), time.sleep(0.001)))
+        finally:
+            finished.set()
+
+    service.run = slow_run
+    job = service.generation("The ", 2000, 1.0, None, None, 1)
+
+    async def leave_early():
+        stream = _stream(service, job, CapacityLimiter(1))
+        lines = [json.loads(await anext(stream)) for _ in range(6)]
+        await stream.aclose()  # what the server does when the client disconnects
+        for _ in range(500):  # the loop keeps running, as a server's does, until the sampling ends
+            if finished.is_set():
+                break
+            await asyncio.sleep(0.01)
+        return lines
+
+    lines = asyncio.run(leave_early())
+    assert lines[0]["seed"] == 1 and all("text" in line for line in lines[1:])
+    assert finished.is_set() and len(sampled) < 200
+
+
+def test_a_full_queue_is_503_and_the_server_carries_on(loaded):
+    import asyncio
+    import threading
+
+    import httpx
+
+    from rnnkit.web.app import build_app
+    from rnnkit.web.service import Service
+
+    service = Service(*loaded, name="run", limits=Limits(workers=1, max_waiting=0))
+    release, real_run = threading.Event(), service.run
+    service.run = lambda job, on_char=None: (release.wait(10), real_run(job, on_char))[1]
+    body = {"length": 5, "seed": 1, "stream": False}
+
+    async def crowd():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(service)), base_url="http://t") as c:
+            first = asyncio.ensure_future(c.post("/api/generate", json=body))
+            await asyncio.sleep(0.5)  # the first request now holds the only worker
+            turned_away = await c.post("/api/generate", json=body)
+            release.set()
+            return await first, turned_away, await c.post("/api/generate", json=body)
+
+    first, turned_away, later = asyncio.run(crowd())
+    assert_error(turned_away, 503, "waiting")
+    assert first.status_code == later.status_code == 200 and first.json() == later.json()

@@ -7,6 +7,7 @@ Run with ``-s`` to see the figures.
 
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -19,6 +20,12 @@ CONCURRENT = 200
 ROUNDS = 3  # the first warms up (threads, allocator pools); memory is compared between the later ones
 LENGTH = 32
 MAX_GROWTH_MB = 20
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -53,20 +60,21 @@ async def round_of(url: str) -> list[tuple[float, str | None, str]]:
 
 
 def test_200_concurrent_generations(server):
-    rss, rounds, wall = [rss_mb(server.pid)], [], []
+    rss, rounds, wall, cpu = [rss_mb(server.pid)], [], [], []
     for _ in range(ROUNDS):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_s(server.pid)
         rounds.append(asyncio.run(round_of(server.url)))
         wall.append(time.perf_counter() - start)
+        cpu.append(cpu_s(server.pid) - cpu_start)
         rss.append(rss_mb(server.pid))
-    for results, seconds in zip(rounds, wall, strict=True):
+    for results, seconds, server_cpu in zip(rounds, wall, cpu, strict=True):
         latencies = sorted(r[0] for r in results)
         failures = [r[1] for r in results if r[1]]
         p50 = statistics.median(latencies)
         p99 = latencies[int(0.99 * (len(latencies) - 1))]
         print(f"\nload: {len(results)} concurrent requests x {LENGTH} characters, {len(failures)} failed, "
               f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms, "
-              f"round {seconds:.2f} s")
+              f"round {seconds:.2f} s, server CPU {server_cpu:.2f} s")
         assert len(results) == CONCURRENT and not failures, failures[:3]
     print(f"server RSS (MB) before and after each round: {', '.join(f'{m:.1f}' for m in rss)}")
     texts = [[r[2] for r in results] for results in rounds]

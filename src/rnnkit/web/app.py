@@ -111,9 +111,9 @@ def build_app(service: Service) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=service.limits.max_body)
 
     def admit() -> None:
-        waiting = limiter.statistics().tasks_waiting
-        if waiting >= service.limits.max_waiting:
-            raise Busy(f"{waiting} requests are waiting for the model — retry in a few seconds")
+        stats = limiter.statistics()
+        if stats.borrowed_tokens >= limiter.total_tokens and stats.tasks_waiting >= service.limits.max_waiting:
+            raise Busy(f"{stats.tasks_waiting} requests are waiting for the model — retry in a few seconds")
 
     async def in_worker(fn, *args):
         admit()
