@@ -30,6 +30,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-length", type=int, default=MAIN_JOB_SAMPLE,
                    help=f"characters to sample when training ends, 0 for none (default: {MAIN_JOB_SAMPLE})")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train data-parallel in N processes on this machine, as torchrun --nproc_per_node N does "
+                        "(DDP; gloo on CPU, NCCL on GPU); the global --batch-size is split between them")
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, LanguageModelConfig, "model"),
                    train_flags=add_dataclass_args(p, TrainConfig, "training"))
 
@@ -64,11 +67,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rnnkit.data import CharVocab, build_vocab, encode_file, resolve_corpus, split_tokens
     from rnnkit.data.datasets import sha256_file
     from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
-    from rnnkit.train import TrainConfig, Trainer
+    from rnnkit.train import TrainConfig, Trainer, distributed, resolve_device
 
     if args.sample_length < 0:
         raise ConfigError(f"--sample-length must be >= 0 (got {args.sample_length})")
     model_flags, train_flags = given(args, args.model_flags), given(args, args.train_flags)
+    if args.nproc is not None and args.nproc != 1:
+        return _launch(args, train_flags)
     if args.resume:
         run_dir = args.resume
         if args.out is not None and args.out.resolve() != run_dir.resolve():
@@ -88,6 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = build_model(config)
         description = config["data"]["description"]
     else:
+        if args.out is None and distributed.world_size() > 1:
+            raise ConfigError("under torchrun pass --out RUN_DIR, so that every process trains the same run")
         run_dir = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
             raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
@@ -110,10 +117,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                      "description": description, "characters": int(len(ids)), "val_fraction": 0.1},
         }
     train_ids, val_ids = split_tokens(ids)
-    trainer = Trainer(model, train_ids, val_ids, train_config, run_dir, show_progress=not args.quiet)
+    ranks = distributed.setup(resolve_device(train_config.device))
+    trainer = Trainer(model, train_ids, val_ids, train_config, run_dir, show_progress=not args.quiet, ranks=ranks)
     if args.resume:
         trainer.resume()
         config["train"] = train_config.to_dict()
+    if not ranks.is_main:  # the other ranks train in step with rank 0 and leave the talking and writing to it
+        return 130 if trainer.fit()["interrupted"] else 0
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, config)
 
@@ -125,7 +135,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     budget = " and ".join(x for x in (f"{train_config.max_steps} steps" if train_config.max_steps else "",
                                       f"{train_config.minutes:g} minutes" if train_config.minutes else "") if x)
     verb = f"resuming at step {trainer.step}" if args.resume else "training"
-    info(f"{verb}: batch {train_config.batch_size} x window {train_config.seq_len}, budget {budget}; run dir {run_dir}")
+    split = f" ({ranks.size} processes of {train_config.batch_size // ranks.size})" if ranks.size > 1 else ""
+    info(f"{verb}: batch {train_config.batch_size}{split} x window {train_config.seq_len}, budget {budget}; "
+         f"run dir {run_dir}")
 
     summary = trainer.fit()
     best = summary["best_val_loss"]
@@ -140,6 +152,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         info(f"sample (temperature 0.8, {args.sample_length} characters):")
         _stream_sample(trainer.model, vocab, "", args.sample_length, 0.8, None, None, train_config.seed)
     return 0
+
+
+def _launch(args: argparse.Namespace, train_flags: dict) -> int:
+    """``rnnkit train --nproc N``: this command again without --nproc, in N processes under torchrun's launcher."""
+    from rnnkit.checkpoint import read_config
+    from rnnkit.train import TrainConfig, distributed
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be >= 1 (got {args.nproc})")
+    if distributed.world_size() > 1:
+        raise ConfigError("--nproc starts its own processes — drop it when running under torchrun")
+    train = read_config(args.resume)["train"] if args.resume else {}
+    batch = train_flags.get("batch_size", train.get("batch_size", TrainConfig.batch_size))
+    distributed.check_split(batch, args.nproc, resuming=bool(args.resume))
+    out = args.out or (None if args.resume else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    argv = ["train", *(["--data", args.data] if args.data else []), *(["--out", str(out)] if out else []),
+            *(["--resume", str(args.resume)] if args.resume else []), "--sample-length", str(args.sample_length),
+            *(["--quiet"] if args.quiet else [])]
+    for name, value in {**given(args, args.model_flags), **train_flags}.items():
+        flag = "--" + name.replace("_", "-")
+        argv += [flag if value else "--no-" + flag[2:]] if isinstance(value, bool) else [flag, str(value)]
+    return distributed.launch(args.nproc, argv)
 
 
 # -- sample --------------------------------------------------------------------------------------------------

@@ -5,6 +5,9 @@ resume that restores everything.
 A trainer subclasses ``LoopTrainer`` and supplies the data side: ``train_step`` (one update, through
 ``optimize``), ``validate`` (lower is better for the first figure), and what its data position is in a
 checkpoint (``position`` / ``restore_position``).
+
+Data-parallel runs (``rnnkit.train.distributed``) pass ``ranks``: ``train_step`` then runs its training forward
+through ``self.train_model`` (DDP's wrapper; the model itself in one process) on this rank's rows.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from rnnkit.checkpoint import (
 )
 from rnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from rnnkit.metrics import MetricsLog
+from rnnkit.train.distributed import SINGLE, NoMetrics, Ranks
 
 
 @dataclass
@@ -108,12 +112,14 @@ class LoopTrainer:
     #: figures ``validate`` returns besides ``val_loss``; they become metrics.csv columns
     extra_metrics: tuple[str, ...] = ()
 
-    def __init__(self, model: nn.Module, config: LoopConfig, run_dir: str | Path, show_progress: bool = True) -> None:
-        self.config, self.run_dir, self.show_progress = config, Path(run_dir), show_progress
-        self.device = resolve_device(config.device)
+    def __init__(self, model: nn.Module, config: LoopConfig, run_dir: str | Path, show_progress: bool = True,
+                 ranks: Ranks = SINGLE) -> None:
+        self.config, self.run_dir, self.show_progress, self.ranks = config, Path(run_dir), show_progress, ranks
+        self.device = ranks.place(resolve_device(config.device))
         self.model = model.to(self.device)
+        self.train_model = ranks.wrap(self.model)  # what train_step calls: DDP's wrapper in a data-parallel run
         self.optimizer = build_optimizer(self.model, config)
-        self.metrics = MetricsLog(self.run_dir, extra=self.extra_metrics)
+        self.metrics = MetricsLog(self.run_dir, extra=self.extra_metrics) if ranks.is_main else NoMetrics()
         # training position: everything here is saved in trainer_state and restored by resume()
         self.step = self.tokens_seen = 0
         self.elapsed = 0.0
@@ -197,12 +203,13 @@ class LoopTrainer:
         restore = self._install_sigint()
         bar = self._progress_bar()
         interval_loss, interval_n, interval_tokens, interval_time = 0.0, 0, 0, 0.0
-        norm = 0.0
+        norm, stopping = 0.0, self._stop
         try:
-            while self.progress() < 1.0 and not self._stop and (until_step is None or self.step < until_step):
+            while self.progress() < 1.0 and not stopping and (until_step is None or self.step < until_step):
                 t0 = time.perf_counter()
                 loss, norm, n = self.train_step()
                 dt = time.perf_counter() - t0
+                loss, n, dt, stopping = self.ranks.agree(loss, n, dt, self._stop)  # one process: as they are
                 self.tokens_seen += n
                 interval_loss, interval_n = interval_loss + loss, interval_n + 1
                 interval_tokens, interval_time = interval_tokens + n, interval_time + dt
@@ -222,7 +229,7 @@ class LoopTrainer:
                     interval_loss, interval_n, interval_tokens, interval_time = 0.0, 0, 0, 0.0
                 if bar is not None:
                     bar.update(min(self._bar_position(), bar.total) - bar.n)
-            interrupted = self._stop
+            interrupted = stopping
             if self.step % c.eval_interval != 0 and not interrupted:
                 figures = self._validate_and_save()
                 self.metrics.log(step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
@@ -243,7 +250,7 @@ class LoopTrainer:
         return "-" if self.last_val is None else f"{self.last_val:.3f}"
 
     def _progress_bar(self) -> tqdm | None:
-        if not self.show_progress:
+        if not self.show_progress or not self.ranks.is_main:
             return None
         c = self.config
         if c.minutes:
@@ -286,7 +293,7 @@ class LoopTrainer:
         if improved:
             self.best_val = val
         self.save(best=improved)
-        self.elapsed += time.perf_counter() - t0
+        self.elapsed = self.ranks.from_main(self.elapsed + time.perf_counter() - t0)
         return figures
 
     # -- checkpoints -----------------------------------------------------------------------------------------
@@ -295,6 +302,9 @@ class LoopTrainer:
 
         trainer_state holds its own copy of the weights, so resuming reads one file written in one atomic step.
         """
+        position, position_tensors = self.position()  # first: in a data-parallel run every rank gathers it
+        if not self.ranks.is_main:
+            return
         weights = model_tensors(self.model)
         meta = {"step": self.step, "val_loss": self.last_val, **{k: v for k, v in self.last_figures.items()
                                                                  if k != "val_loss"}}
@@ -302,7 +312,6 @@ class LoopTrainer:
         if best:
             save_tensors(self.run_dir / BEST, weights, meta)
         optim, param_groups = optimizer_tensors(self.optimizer)
-        position, position_tensors = self.position()
         tensors = {**{f"model.{k}": v for k, v in weights.items()}, **optim, **position_tensors}
         tensors["rng.torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
@@ -325,6 +334,7 @@ class LoopTrainer:
             torch.set_rng_state(tensors["rng.torch"])
             if "rng.cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+            self.ranks.spread_rng()
             self.step, self.tokens_seen, self.elapsed = meta["step"], meta["tokens_seen"], meta["elapsed_s"]
             self.best_val = math.inf if meta["best_val"] is None else meta["best_val"]
             self.last_val, self.last_figures = meta["last_val"], meta.get("last_figures") or {}

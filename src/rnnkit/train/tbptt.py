@@ -1,7 +1,11 @@
 """The language-model trainer: stateful truncated BPTT over token streams.
 
 Works with any model that has ``init_state(B)`` and ``forward(x, state, targets) -> Output(logits, loss, state)``.
-Shape letters: B streams (batch), T window length.
+Shape letters: B streams (batch), T window length, V vocabulary.
+
+In a data-parallel run (``ranks``, see ``rnnkit.train.distributed``) rank r trains on its slice of the B streams
+and carries their state; a checkpoint holds the state of all B, so a run resumes on any process count that
+divides B. Validation is sharded the same way and its sums all-reduced: every rank gets the one-process figure.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from rnnkit.data.streams import IGNORE_INDEX, Streams
 from rnnkit.errors import ConfigError, CorpusError
 from rnnkit.nn.cells import State
 from rnnkit.nn.recurrent import map_state
+from rnnkit.train.distributed import SINGLE, Ranks, check_split
 from rnnkit.train.loop import LoopConfig, LoopTrainer
 
 
@@ -45,6 +51,18 @@ def detach_state(state: State | None) -> State | None:
     return None if state is None else map_state(lambda t: t.detach(), state)
 
 
+def shard_loss(logits: Tensor, targets: Tensor, batch_targets: int, ranks: int) -> Tensor:
+    """This rank's part of the whole batch's mean loss, times the number of ranks.
+
+    DDP averages gradients over the ranks, so the update is that of one process over the whole batch (mean over
+    its ``batch_targets`` valid targets), however the valid targets of a ragged last window fall between ranks —
+    including a rank that holds none.
+    """
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 under autocast: loss in fp32
+    total = F.cross_entropy(wide.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return total * (ranks / batch_targets)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, tokens: np.ndarray, streams: int, device: torch.device, window: int = 1024) -> float:
     """Mean next-token loss (nats) over every target of ``tokens``, state carried across windows.
@@ -52,19 +70,29 @@ def evaluate(model: nn.Module, tokens: np.ndarray, streams: int, device: torch.d
     With the state carried, the result does not depend on ``window``; only on ``streams`` (each stream starts
     from the zero state).
     """
+    total, count = loss_sums(model, tokens, streams, device, window)
+    return total / count
+
+
+@torch.no_grad()
+def loss_sums(model: nn.Module, tokens: np.ndarray, streams: int, device: torch.device, window: int = 1024,
+              rows: slice = slice(None)) -> tuple[float, int]:
+    """``evaluate``'s summed loss and target count, over the ``rows`` of its ``streams`` streams (a rank's share)."""
     was_training = model.training
     model.eval()
     batches = Streams(tokens, min(streams, len(tokens) - 1), window)
     total, count, state = 0.0, 0, None
     for k in range(len(batches)):
-        x, y = (t.to(device) for t in batches.window(k))
+        x, y = (t[rows].to(device) for t in batches.window(k))
+        if x.shape[0] == 0:  # more ranks than validation streams: this one has none
+            break
         out = model(x, state)
         state = out.state
         logits = out.logits.float().flatten(0, 1)  # (B*T, V)
         total += nn.functional.cross_entropy(logits, y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum").item()
         count += int((y != IGNORE_INDEX).sum())
     model.train(was_training)
-    return total / count
+    return total, count
 
 
 class Trainer(LoopTrainer):
@@ -78,7 +106,9 @@ class Trainer(LoopTrainer):
         config: TrainConfig,
         run_dir: str | Path,
         show_progress: bool = True,
+        ranks: Ranks = SINGLE,
     ) -> None:
+        check_split(config.batch_size, ranks.size)
         per_stream = (len(train_tokens) - 1) // config.batch_size
         if per_stream < config.seq_len:
             raise CorpusError(
@@ -88,7 +118,7 @@ class Trainer(LoopTrainer):
             )
         if len(val_tokens) < 2:
             raise CorpusError("the validation split needs at least 2 characters — pass a larger corpus")
-        super().__init__(model, config, run_dir, show_progress)
+        super().__init__(model, config, run_dir, show_progress, ranks)
         self.train_tokens, self.val_tokens = train_tokens, val_tokens
         self.epoch = self.window = 0
         self.state: State | None = None  # the hidden state carried from the previous window
@@ -102,7 +132,8 @@ class Trainer(LoopTrainer):
         offset = 0 if epoch == 0 else int(rng.integers(self.config.seq_len))
         return Streams(self.train_tokens[offset:], self.config.batch_size, self.config.seq_len)
 
-    def _next_batch(self) -> tuple[Tensor, Tensor]:
+    def _next_batch(self) -> tuple[Tensor, Tensor, int]:
+        """This rank's rows of the next window, and the number of valid targets in the whole window."""
         if self._streams is None:
             self._streams = self._epoch_streams(self.epoch)
         if self.window >= len(self._streams):
@@ -110,33 +141,47 @@ class Trainer(LoopTrainer):
             self._streams = self._epoch_streams(self.epoch)
         x, y = self._streams.window(self.window)
         self.window += 1
-        return x.to(self.device), y.to(self.device)
+        rows = self.ranks.rows(self.config.batch_size)
+        return x[rows].to(self.device), y[rows].to(self.device), int((y != IGNORE_INDEX).sum())
 
     # -- the LoopTrainer hooks -------------------------------------------------------------------------------
     def train_step(self) -> tuple[float, float, int]:
         """One TBPTT window: forward with the carried state, backward, clip, AdamW. Returns (loss, norm, tokens)."""
-        x, y = self._next_batch()
-        self.model.train()
+        x, y, batch_targets = self._next_batch()
+        self.train_model.train()
         with self.autocast():
-            out = self.model(x, self.state, y)
-        norm = self.optimize(out.loss)
+            if self.ranks.size == 1:
+                out = self.train_model(x, self.state, y)
+                loss = out.loss
+            else:
+                out = self.train_model(x, self.state)
+                loss = shard_loss(out.logits, y, batch_targets, self.ranks.size)
+        norm = self.optimize(loss)
         self.state = detach_state(out.state)
-        return out.loss.item(), norm, int((y != IGNORE_INDEX).sum())
+        return loss.item(), norm, int((y != IGNORE_INDEX).sum())
 
     def validate(self) -> dict:
-        return {"val_loss": evaluate(self.model, self.val_tokens, self.config.eval_streams, self.device)}
+        streams = min(self.config.eval_streams, len(self.val_tokens) - 1)
+        total, count = loss_sums(self.model, self.val_tokens, streams, self.device, rows=self.ranks.rows(streams))
+        total, count = self.ranks.sum(total, count)
+        return {"val_loss": total / count}
 
     def position(self) -> tuple[dict, dict[str, Tensor]]:
         tensors, state_kind = {}, "none"
         if self.state is not None:
             parts = self.state if isinstance(self.state, tuple) else (self.state,)
             state_kind = "tuple" if isinstance(self.state, tuple) else "tensor"
-            tensors = {f"carry.{i}": t for i, t in enumerate(parts)}
+            tensors = {f"carry.{i}": self.ranks.gather_rows(t) for i, t in enumerate(parts)}  # (L, B, H): all B
         return {"epoch": self.epoch, "window": self.window, "state_kind": state_kind}, tensors
 
     def restore_position(self, meta: dict, tensors: dict[str, Tensor]) -> None:
         self.epoch, self.window = meta["epoch"], meta["window"]
-        carry = [tensors[f"carry.{i}"].to(self.device) for i in range(2) if f"carry.{i}" in tensors]
+        carry = [tensors[f"carry.{i}"] for i in range(2) if f"carry.{i}" in tensors]
+        B = self.config.batch_size
+        if carry and carry[0].shape[1] != B:
+            raise ConfigError(f"the run carries the state of {carry[0].shape[1]} streams, not --batch-size {B} — "
+                              "resume without changing --batch-size")
+        carry = [t[:, self.ranks.rows(B)].to(self.device) for t in carry]  # this rank's streams
         kind = meta["state_kind"]
         self.state = {"none": None, "tensor": carry[0] if carry else None, "tuple": tuple(carry)}[kind]
         self._streams = self._epoch_streams(self.epoch)
