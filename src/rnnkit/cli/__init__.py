@@ -19,6 +19,7 @@ COMMANDS = (
     "rnnkit.cli.lm",  # train, sample, eval
     "rnnkit.experiments",  # experiment adding|copy|gradient-flow
     "rnnkit.cli.web",  # serve, visualize
+    "rnnkit.cli.export",  # export --onnx
 )
 
 
