@@ -76,3 +76,23 @@ def plot_confusion(matrix, classes: list[str], path: Path, title: str = "") -> P
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
+
+
+def plot_forecast(history, truth, forecasts: dict, path: Path, title: str = "") -> Path:
+    """A held-out forecast: the training history, the true continuation, and each named forecast of it."""
+    import numpy as np
+
+    fig, ax = subplots(figsize=(9, 4.5), dpi=100)
+    n, h = len(history), len(truth)
+    ax.plot(np.arange(n), history, color="black", lw=1.2, label="history (training part)")
+    future = np.arange(n, n + h)
+    ax.plot(future, truth, color="black", lw=1.2, ls="--", label="truth (held out)")
+    for name, values in forecasts.items():
+        ax.plot(future, np.asarray(values)[:h], lw=1.6, label=name)
+    ax.axvline(n - 0.5, color="gray", ls=":", lw=1)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)

@@ -18,6 +18,7 @@ from rnnkit.errors import RnnkitError
 COMMANDS = (
     "rnnkit.cli.lm",  # train, sample, eval
     "rnnkit.experiments",  # experiment adding|copy|gradient-flow
+    "rnnkit.cli.forecast",  # forecast train|predict|eval
     "rnnkit.cli.web",  # serve, visualize
     "rnnkit.cli.export",  # export --onnx
 )

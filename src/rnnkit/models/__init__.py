@@ -1,9 +1,15 @@
 """Task models. Every one returns ``Output(logits, loss, state)`` from ``forward(x, state=None, targets=None)``."""
 
+from rnnkit.models.forecaster import ForecasterConfig, SequenceForecaster
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
 from rnnkit.models.output import Output
 
 # kind name in config.json -> (model class, config class); the checkpoint loader rebuilds models from it.
-MODEL_KINDS = {"language_model": (LanguageModel, LanguageModelConfig)}
+MODEL_KINDS = {
+    "language_model": (LanguageModel, LanguageModelConfig),
+    "forecaster": (SequenceForecaster, ForecasterConfig),
+}
 
-__all__ = ["MODEL_KINDS", "LanguageModel", "LanguageModelConfig", "Output"]
+__all__ = [
+    "MODEL_KINDS", "ForecasterConfig", "LanguageModel", "LanguageModelConfig", "Output", "SequenceForecaster",
+]

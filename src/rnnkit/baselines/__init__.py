@@ -1,0 +1,2 @@
+"""Classical baselines a recurrent model must beat on the same split: forecasting (``forecast``) and
+classification (``classify``)."""
