@@ -109,8 +109,8 @@ def write_json(path: Path, obj: dict) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def read_config(run_dir: Path) -> dict:
-    """The run's config.json, checked for presence, syntax and format version."""
+def read_config(run_dir: Path, kind: str | None = None) -> dict:
+    """The run's config.json, checked for presence, syntax, format version and (if given) the model kind."""
     run_dir = Path(run_dir)
     path = run_dir / CONFIG
     if not run_dir.is_dir():
@@ -126,6 +126,9 @@ def read_config(run_dir: Path) -> dict:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} is corrupt (not a JSON object) — restore it from a backup or train again")
     _check_version(config.get("format_version"), path)
+    if kind is not None and config.get("kind") != kind:
+        raise CheckpointError(f"{run_dir} holds a {config.get('kind')} run, not a {kind} — use the rnnkit command "
+                              f"for {config.get('kind')} runs")
     return config
 
 
@@ -141,10 +144,12 @@ def build_model(config: dict) -> nn.Module:
         raise CheckpointError(f"config.json has an invalid model section ({e}) — the checkpoint is damaged") from None
 
 
-def load_run(run_dir: Path, weights: str = "best", device: str | torch.device = "cpu"):
-    """``(model, vocab, config)`` from a run directory; ``weights`` is ``best`` (falls back to last) or ``last``."""
+def load_weights(run_dir: Path, weights: str = "best", device: str | torch.device = "cpu",
+                 kind: str | None = None) -> tuple[nn.Module, dict]:
+    """``(model in eval mode, config)`` from a run directory; ``weights`` is ``best`` (falls back to last) or
+    ``last``; ``kind`` (e.g. ``classifier``) refuses runs of another kind."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
+    config = read_config(run_dir, kind)
     if weights not in ("best", "last"):
         raise CheckpointError(f"unknown weights {weights!r} — use 'best' or 'last'")
     path = run_dir / (BEST if weights == "best" and (run_dir / BEST).exists() else MODEL)
@@ -153,11 +158,17 @@ def load_run(run_dir: Path, weights: str = "best", device: str | torch.device = 
     model = build_model(config)
     tensors, _ = load_tensors(path)
     load_model_tensors(model, tensors, path)
+    return model.to(device).eval(), config
+
+
+def load_run(run_dir: Path, weights: str = "best", device: str | torch.device = "cpu"):
+    """``(model, vocab, config)`` of a language-model run (see ``load_weights``)."""
+    model, config = load_weights(run_dir, weights, device, kind="language_model")
     try:
         vocab = CharVocab.from_dict(config["vocab"])
     except (KeyError, RnnkitError):
         raise CheckpointError(f"{run_dir / CONFIG} holds no valid vocabulary — the checkpoint is damaged") from None
-    return model.to(device).eval(), vocab, config
+    return model, vocab, config
 
 
 def model_tensors(model: nn.Module) -> dict[str, Tensor]:

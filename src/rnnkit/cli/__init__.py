@@ -21,6 +21,7 @@ COMMANDS = (
     "rnnkit.cli.forecast",  # forecast train|predict|eval
     "rnnkit.cli.web",  # serve, visualize
     "rnnkit.cli.export",  # export --onnx
+    "rnnkit.cli.classify",  # classify train|eval|predict
 )
 
 

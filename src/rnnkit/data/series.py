@@ -55,16 +55,20 @@ def _key(name: str) -> str:
     return name.replace("_", "").replace("-", "").lower()
 
 
-def load_ts_file(path: str | Path) -> tuple[list[np.ndarray], np.ndarray]:
-    """``(sequences, labels)`` from a UEA/UCR ``.ts`` file (equal or unequal lengths, any number of channels)."""
+def load_ts_file(path: str | Path, labels: bool = True) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """``(sequences, labels)`` from a UEA/UCR ``.ts`` file (equal or unequal lengths, any number of channels);
+    ``labels=False`` reads unlabelled series (labels None)."""
     path = Path(path)
     if not path.is_file():
         raise CorpusError(f"{path} does not exist — pass a UEA/UCR .ts file")
     datasets = _aeon_datasets()
     try:
-        X, y = datasets.load_from_ts_file(str(path))
+        loaded = datasets.load_from_ts_file(str(path))
     except (OSError, ValueError) as e:
         raise CorpusError(f"{path} is not a readable .ts file ({str(e).splitlines()[0]}) — check its header") from None
+    X, y = loaded if isinstance(loaded, tuple) else (loaded, None)
+    if not labels:
+        return _as_steps(X), None
     if y is None or len(y) == 0:
         raise CorpusError(f"{path} holds no class labels — a classifier needs '@classLabel true ...' and labels")
     return _as_steps(X), np.asarray(y).astype(str)

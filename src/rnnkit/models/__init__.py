@@ -1,5 +1,6 @@
 """Task models. Every one returns ``Output(logits, loss, state)`` from ``forward(x, state=None, targets=None)``."""
 
+from rnnkit.models.classifier import SequenceClassifier, SequenceClassifierConfig
 from rnnkit.models.forecaster import ForecasterConfig, SequenceForecaster
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
 from rnnkit.models.output import Output
@@ -7,9 +8,11 @@ from rnnkit.models.output import Output
 # kind name in config.json -> (model class, config class); the checkpoint loader rebuilds models from it.
 MODEL_KINDS = {
     "language_model": (LanguageModel, LanguageModelConfig),
+    "classifier": (SequenceClassifier, SequenceClassifierConfig),
     "forecaster": (SequenceForecaster, ForecasterConfig),
 }
 
 __all__ = [
-    "MODEL_KINDS", "ForecasterConfig", "LanguageModel", "LanguageModelConfig", "Output", "SequenceForecaster",
+    "MODEL_KINDS", "ForecasterConfig", "LanguageModel", "LanguageModelConfig", "Output", "SequenceClassifier",
+    "SequenceClassifierConfig", "SequenceForecaster",
 ]

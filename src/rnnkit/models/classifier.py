@@ -5,6 +5,7 @@ Shape letters: B batch, T time, C input features, E embedding size, H hidden uni
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -33,6 +34,8 @@ class EncoderConfig:
     embedding_size: int = field(default=64, metadata={"help": "token embedding size (E), for token inputs"})
     dropout: float = field(default=0.2, metadata={"help": "dropout on embeddings, between layers and before the head"})
     path: str = field(default="auto", metadata={"help": "recurrent path: auto (fused when possible), fused, explicit"})
+    input_noise: float = field(default=0.0, metadata={
+        "help": "std of Gaussian noise added to standardised features while training (feature inputs)"})
 
     def __post_init__(self) -> None:
         if self.cell not in CELL_TYPES:
@@ -44,6 +47,8 @@ class EncoderConfig:
             raise ConfigError("vocab_size and input_size must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.input_noise < 0:
+            raise ConfigError(f"input_noise must be >= 0 (got {self.input_noise})")
         if self.path not in PATHS:
             raise ConfigError(f"unknown path {self.path!r} — use one of {', '.join(PATHS)}")
 
@@ -65,6 +70,7 @@ class Encoder(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=0) \
             if config.vocab_size else None
         size = config.embedding_size if config.vocab_size else config.input_size
+        self.input_noise = config.input_noise
         self.drop = nn.Dropout(config.dropout)
         self.rnn = Recurrent(config.cell, size, config.hidden_size, config.num_layers,
                              bidirectional=config.bidirectional, dropout=config.dropout, path=config.path)
@@ -83,6 +89,8 @@ class Encoder(nn.Module):
             inputs = self.embedding(x)  # (B, T, E)
         else:
             inputs = (x - self.input_mean) / self.input_std  # (B, T, C)
+            if self.training and self.input_noise:
+                inputs = inputs + self.input_noise * torch.randn_like(inputs)
         return self.rnn(self.drop(inputs), state, lengths)  # (B, T, D*H)
 
 
@@ -134,19 +142,42 @@ class SequenceClassifierConfig(EncoderConfig):
 
     num_classes: int = field(default=0, metadata={"cli": False})
     pooling: str = field(default="attention", metadata={"help": f"steps to one vector: {', '.join(POOLING)}"})
+    members: int = field(default=1, metadata={
+        "help": "independently initialised classifiers trained side by side; predictions average their "
+                "probabilities"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.pooling not in POOLING:
             raise ConfigError(f"unknown pooling {self.pooling!r} — use one of {', '.join(POOLING)}")
+        if self.members < 1:
+            raise ConfigError(f"members must be >= 1 (got {self.members})")
+
+
+class Member(nn.Module):
+    """One classifier: encoder -> pooling over valid steps -> dropout -> linear head; ``(logits (B, K), state)``."""
+
+    def __init__(self, config: SequenceClassifierConfig) -> None:
+        super().__init__()
+        self.encoder = Encoder(config)
+        self.pool = Pooling(config.pooling, self.encoder.output_size, config.bidirectional)
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(self.encoder.output_size, config.num_classes)
+
+    def forward(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
+        y, state = self.encoder(x, state, lengths)  # (B, T, D*H)
+        pooled, _ = self.pool(y, lengths)  # (B, D*H)
+        return self.head(self.drop(pooled)), state  # (B, K)
 
 
 class SequenceClassifier(nn.Module):
-    """encoder -> pooling over valid steps -> dropout -> linear head to K classes.
+    """One or more ``Member`` classifiers (encoder -> pooling -> head) whose probabilities are averaged.
 
     ``forward(x (B, T) ids or (B, T, C), state=None, targets=None (B,), lengths=None (B,))
-    -> Output(logits (B, K), loss, state)``. Padding never changes a prediction: the encoder packs (fused path)
-    or masks (explicit path), and pooling reads valid steps only.
+    -> Output(logits (B, K), loss, state)``. ``logits`` are log mean probabilities over the members (plain logits
+    for one member, up to a constant); ``loss`` is the members' mean cross-entropy, so each member learns on its own;
+    ``state`` is the first member's final encoder state. Padding never changes a prediction: the encoder packs
+    (fused path) or masks (explicit path), and pooling reads valid steps only.
     """
 
     def __init__(self, config: SequenceClassifierConfig) -> None:
@@ -154,21 +185,27 @@ class SequenceClassifier(nn.Module):
         if config.num_classes < 2:
             raise ConfigError(f"a classifier needs at least 2 classes (got {config.num_classes})")
         self.config = config
-        self.encoder = Encoder(config)
-        self.pool = Pooling(config.pooling, self.encoder.output_size, config.bidirectional)
-        self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(self.encoder.output_size, config.num_classes)
+        self.members = nn.ModuleList(Member(config) for _ in range(config.members))
+
+    def set_scaling(self, mean, std) -> None:
+        for m in self.members:
+            m.encoder.set_scaling(mean, std)
 
     def init_state(self, batch_size: int) -> State:
-        return self.encoder.rnn.init_state(batch_size)
+        return self.members[0].encoder.rnn.init_state(batch_size)
 
     def forward(self, x: Tensor, state: State | None = None, targets: Tensor | None = None,
                 lengths: Tensor | None = None) -> Output:
-        y, state = self.encoder(x, state, lengths)  # (B, T, D*H)
-        pooled, _ = self.pool(y, lengths)  # (B, D*H)
-        logits = self.head(self.drop(pooled))  # (B, K)
-        loss = None if targets is None else F.cross_entropy(logits.float(), targets)
-        return Output(logits, loss, state)
+        outs = [m(x, state, lengths) for m in self.members]
+        logits = torch.stack([o[0].float() for o in outs])  # (M, B, K)
+        loss = None
+        if targets is not None:
+            loss = torch.stack([F.cross_entropy(lg, targets) for lg in logits]).mean()
+        if len(outs) > 1:
+            logits = logits.log_softmax(-1).logsumexp(0) - math.log(len(outs))  # (B, K) log mean probability
+        else:
+            logits = logits[0]
+        return Output(logits, loss, outs[0][1])
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,224 @@
+"""``rnnkit classify train|predict|eval``: many-to-one sequence classification (text or numeric series)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rnnkit import __version__
+from rnnkit.cli.common import add_load_args, info
+from rnnkit.cliargs import Parser, add_dataclass_args, given
+from rnnkit.errors import ConfigError, CorpusError
+
+KIND = "classifier"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from rnnkit.models.classifier import SequenceClassifierConfig
+    from rnnkit.train.batches import BatchTrainConfig
+
+    group = sub.add_parser("classify", help="many-to-one: classify sequences (text, names, numeric series)",
+                           description="Train, evaluate and apply a recurrent sequence classifier.")
+    verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
+
+    p = verbs.add_parser("train", help="train a classifier",
+                         description="Train a classifier on text<TAB>label files, folders of <label>.txt files "
+                                     "(one example per line), UEA/UCR .ts files, or a UEA dataset shipped with aeon "
+                                     "(e.g. japanese_vowels).")
+    p.add_argument("--data", action="append", metavar="PATH|NAME",
+                   help="training data; repeat to join several text files (e.g. the three sentiment files)")
+    p.add_argument("--test-data", metavar="PATH", help="a separate test file (default: a stratified split)")
+    p.add_argument("--tokens", choices=("char", "word"), default="char", help="text tokens (default: char)")
+    p.add_argument("--min-count", type=int, default=1, help="rarer tokens become <unk> (default: 1)")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="held out for testing (default: 0.1)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="of the training part, held out to pick the best checkpoint (default: 0.1)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the stratified splits (default: 0)")
+    p.add_argument("--out", type=Path, help="run directory to create (default: runs/classify-<date-time>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, SequenceClassifierConfig, "model"),
+                   train_flags=add_dataclass_args(p, BatchTrainConfig, "training"))
+
+    p = verbs.add_parser("eval", help="test accuracy against the majority class and TF-IDF + logistic regression")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--confusion-png", type=Path, metavar="FILE",
+                   help="where to draw the confusion matrix (default: RUN_DIR/confusion.png)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the classical baselines")
+    add_load_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("predict", help="classify texts (arguments or stdin lines) or series (.ts file)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("inputs", nargs="*", metavar="TEXT", help="texts to classify (default: one per stdin line)")
+    p.add_argument("--file", type=Path, help="a .ts file of series, for series models")
+    p.add_argument("--top", type=int, default=1, help="the K most likely classes per input (default: 1)")
+    p.add_argument("--json", action="store_true", help="one JSON object per input")
+    add_load_args(p)
+    p.set_defaults(func=cmd_predict)
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, MODEL, TRAINER_STATE, build_model, read_config, write_json
+    from rnnkit.data.classification import ClassificationSpec, load_classification
+    from rnnkit.data.labeled import TokenVocab
+    from rnnkit.models.classifier import SequenceClassifier, SequenceClassifierConfig
+    from rnnkit.train.batches import BatchTrainConfig, BatchTrainer
+
+    model_flags, train_flags = given(args, args.model_flags), given(args, args.train_flags)
+    if args.resume:
+        run_dir = args.resume
+        config = read_config(run_dir, kind=KIND)
+        if args.data or args.out not in (None, run_dir):
+            raise ConfigError("--resume continues RUN_DIR with its own data — drop --data and --out")
+        changed = [k for k, v in model_flags.items() if config["model"].get(k) != v]
+        if changed:
+            raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming — resume without it, "
+                              "or start a new --out")
+        spec = ClassificationSpec(**config["data"]["spec"])
+        vocab = TokenVocab.from_dict(config["vocab"]) if config.get("vocab") else None
+        data = load_classification(spec, vocab, config["classes"], verify=True)
+        train_config = BatchTrainConfig(**{**config["train"], **train_flags})
+        model = build_model(config)
+    else:
+        run_dir = args.out or Path("runs") / time.strftime("classify-%Y%m%d-%H%M%S")
+        if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
+            raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
+                              "or choose another --out")
+        spec = ClassificationSpec(args.data or [], args.test_data, args.tokens, args.min_count, args.test_fraction,
+                                  args.val_fraction, args.split_seed)
+        train_config = BatchTrainConfig(**train_flags)
+        if not (train_config.epochs or train_config.max_steps or train_config.minutes):
+            train_config.epochs = 20.0
+        data = load_classification(spec)
+        torch.manual_seed(train_config.seed)
+        sizes = {"vocab_size": len(data.vocab)} if data.vocab else {"input_size": data.input_size}
+        model = SequenceClassifier(SequenceClassifierConfig(**sizes, num_classes=len(data.classes), **model_flags))
+        if data.scaling is not None:
+            model.set_scaling(*data.scaling)
+        config = {
+            "format_version": FORMAT_VERSION, "kind": KIND, "rnnkit_version": __version__,
+            "model": model.config.to_dict(), "classes": data.classes,
+            "vocab": data.vocab.to_dict() if data.vocab else None,
+            "data": {"spec": vars(spec), "description": data.description},
+        }
+    trainer = BatchTrainer(model, data.train, data.val, train_config, run_dir, classes=True,
+                           show_progress=not args.quiet)
+    if args.resume:
+        trainer.resume()
+    config["train"] = train_config.to_dict()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG, config)
+
+    info(f"data: {data.description}; {len(data.train):,} train / {len(data.val):,} validation / "
+         f"{len(data.test):,} test")
+    m = model.config
+    members = f"{m.members} x " if m.members > 1 else ""
+    info(f"model: {members}{'bi' if m.bidirectional else ''}{m.cell.upper()} {m.num_layers}x{m.hidden_size}, "
+         f"{m.pooling} pooling, {model.num_parameters():,} parameters; {train_config.max_steps:,} steps of batch "
+         f"{train_config.batch_size}; run dir {run_dir}")
+    summary = trainer.fit()
+    if summary["interrupted"]:
+        info(f"stopped at step {summary['step']}; continue with: rnnkit classify train --resume {run_dir}")
+        return 130
+    info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; validation accuracy "
+         f"{summary['val_accuracy']:.4f}, loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f}); "
+         f"test it with: rnnkit classify eval {run_dir}")
+    return 0
+
+
+# -- eval ----------------------------------------------------------------------------------------------------
+def _load(args: argparse.Namespace):
+    from rnnkit.checkpoint import load_weights
+    from rnnkit.data.labeled import TokenVocab
+    from rnnkit.train import resolve_device
+
+    model, config = load_weights(args.run_dir, args.weights, resolve_device(args.device), kind=KIND)
+    vocab = TokenVocab.from_dict(config["vocab"]) if config.get("vocab") else None
+    return model, vocab, config
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rnnkit.baselines.classify import majority_accuracy, tfidf_accuracy
+    from rnnkit.data.classification import ClassificationSpec, load_classification
+    from rnnkit.plots import plot_confusion
+    from rnnkit.train.batches import predict
+
+    model, vocab, config = _load(args)
+    spec = ClassificationSpec(**config["data"]["spec"])
+    data = load_classification(spec, vocab, config["classes"], verify=True)
+    device = next(model.parameters()).device
+    pred = predict(model, data.test, device).argmax(-1).numpy()
+    truth = data.test.targets
+    k = len(data.classes)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (truth, pred), 1)
+    accuracy = float(np.mean(pred == truth))
+    train_y = np.concatenate([data.train.targets, data.val.targets])
+    baselines = {}
+    if not args.no_baselines:
+        baselines["majority"] = majority_accuracy(train_y, truth)
+        if data.test_texts is not None:
+            baselines["tfidf_logreg"] = tfidf_accuracy(data.train_texts, train_y, data.test_texts, truth, spec.tokens)
+    png = args.confusion_png or args.run_dir / "confusion.png"
+    plot_confusion(confusion, data.classes, png, title=f"test accuracy {accuracy:.4f} ({len(truth):,} examples)")
+    per_class = {c: float(confusion[i, i] / max(confusion[i].sum(), 1)) for i, c in enumerate(data.classes)}
+    result = {"accuracy": accuracy, "baseline_accuracy": max(baselines.values()) if baselines else None,
+              "baselines": baselines, "test_examples": int(len(truth)), "per_class_recall": per_class,
+              "confusion_png": str(png), "weights": args.weights}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"test accuracy {accuracy:.4f} on {len(truth):,} examples ({args.weights} weights)")
+    for name, acc in baselines.items():
+        print(f"  baseline {name}: {acc:.4f} ({'beaten' if accuracy > acc else 'NOT beaten'})")
+    print(f"confusion matrix: {png}")
+    return 0
+
+
+# -- predict -------------------------------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from rnnkit.data.labeled import Examples
+    from rnnkit.data.series import load_ts_file
+    from rnnkit.train.batches import predict
+
+    if args.top < 1:
+        raise ConfigError(f"--top must be >= 1 (got {args.top})")
+    model, vocab, config = _load(args)
+    classes = config["classes"]
+    if vocab is None:
+        if args.file is None or args.inputs:
+            raise ConfigError("this run classifies numeric series — pass --file SERIES.ts")
+        series, _ = load_ts_file(args.file, labels=False)
+        names = [f"{args.file}#{i}" for i in range(len(series))]
+    else:
+        if args.file is not None:
+            raise ConfigError("this run classifies text — pass texts as arguments or on stdin, not --file")
+        names = args.inputs or [ln.rstrip("\r\n") for ln in sys.stdin if ln.strip()]
+        series = [vocab.encode(t) for t in names]
+        empty = [t for t, s in zip(names, series, strict=True) if len(s) == 0]
+        if empty:
+            raise CorpusError(f"{empty[0]!r} has no {vocab.kind} tokens — give non-empty text")
+    if not names:
+        raise ConfigError("nothing to classify — pass texts as arguments or lines on stdin")
+    probs = predict(model, Examples(series, np.zeros(len(series), dtype=np.int64)),
+                    next(model.parameters()).device).softmax(-1)
+    top = probs.topk(min(args.top, len(classes)), dim=-1)
+    for name, p, idx in zip(names, top.values.tolist(), top.indices.tolist(), strict=True):
+        ranked = [(classes[i], round(q, 4)) for i, q in zip(idx, p, strict=True)]
+        if args.json:
+            print(json.dumps({"input": name, "predictions": [{"label": c, "probability": q} for c, q in ranked]}))
+        else:
+            print("\t".join([*(f"{c} {q:.3f}" for c, q in ranked), name]))
+    return 0
