@@ -123,7 +123,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.resume()
         config["train"] = train_config.to_dict()
     if not ranks.is_main:  # the other ranks train in step with rank 0 and leave the talking and writing to it
-        return 130 if trainer.fit()["interrupted"] else 0
+        interrupted = trainer.fit()["interrupted"]
+        ranks.close()
+        return 130 if interrupted else 0
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, config)
 
@@ -140,6 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"run dir {run_dir}")
 
     summary = trainer.fit()
+    ranks.close()
     best = summary["best_val_loss"]
     if summary["interrupted"]:
         info(f"stopped at step {summary['step']}; continue with: rnnkit train --resume {run_dir}")

@@ -15,7 +15,6 @@ step, so no rank waits in a collective that the others have left.
 
 from __future__ import annotations
 
-import atexit
 import os
 from dataclasses import dataclass, field
 
@@ -120,6 +119,13 @@ class Ranks:
         dist.all_gather(parts, t)
         return torch.cat(parts, dim)
 
+    def close(self) -> None:
+        """Leave the process group together: wait for every rank, then tear it down. (A rank that exits while its
+        peers still hold the group open can abort in gloo's teardown.)"""
+        if self.size > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 SINGLE = Ranks()
 
@@ -127,7 +133,7 @@ SINGLE = Ranks()
 def setup(device: torch.device) -> Ranks:
     """Join the process group torchrun describes in the environment (``env://``); ``SINGLE`` outside one.
 
-    gloo for CPU training, NCCL for CUDA. The group lives until the process exits.
+    gloo for CPU training, NCCL for CUDA. ``Ranks.close`` leaves it when training is over.
     """
     size = world_size()
     if size == 1:
@@ -143,7 +149,6 @@ def setup(device: torch.device) -> Ranks:
         backend, comm = "gloo", torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(backend)
-        atexit.register(dist.destroy_process_group)
     return Ranks(rank, size, local_rank, comm)
 
 

@@ -166,7 +166,7 @@ class LoopTrainer:
 
     def optimize(self, loss: Tensor) -> float:
         """Backward, clip, AdamW at the scheduled learning rate; counts the step. Returns the gradient norm."""
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss) and self.ranks.size == 1:  # ranks: the all-reduced norm below, which all share
             raise self._diverged(f"the loss became {loss.item()}")
         lr = self.lr()
         for group in self.optimizer.param_groups:
