@@ -102,21 +102,9 @@ def split(series: Series, dc: ForecastDataConfig, min_length: int = 1):
 
 def load_forecaster(run_dir: Path, weights: str = "best", device: str | torch.device = "cpu"):
     """``(model in eval mode, config)`` of a forecasting run directory."""
-    from rnnkit.checkpoint import BEST, MODEL, build_model, load_model_tensors, load_tensors, read_config
-    from rnnkit.errors import CheckpointError
+    from rnnkit.checkpoint import load_weights
 
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    if config.get("kind") != KIND:
-        raise CheckpointError(f"{run_dir} holds a {config.get('kind')} run, not a forecaster — use the rnnkit "
-                              f"command for {config.get('kind')} runs")
-    path = run_dir / (BEST if weights == "best" and (run_dir / BEST).exists() else MODEL)
-    if not path.exists():
-        raise CheckpointError(f"{run_dir} holds no weights yet ({MODEL} is missing) — train first")
-    model = build_model(config)
-    tensors, _ = load_tensors(path)
-    load_model_tensors(model, tensors, path)
-    return model.to(device).eval(), config
+    return load_weights(run_dir, weights, device, kind=KIND)
 
 
 @torch.no_grad()
