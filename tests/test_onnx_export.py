@@ -170,3 +170,13 @@ def test_export_errors(corpus, tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, "export", tmp_path / "ln", "--onnx", tmp_path / "x.onnx")
     assert_user_error(code, err, "onnxruntime", "pip install 'rnnkit[onnx]'")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_command_line_does_not_import_the_extra():
+    """`rnnkit --help` stays fast and works without onnx: the verb imports it only when it runs."""
+    import subprocess
+
+    code = ("import sys; from rnnkit.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('onnx', 'onnxscript', 'onnxruntime', 'rnnkit.onnx_export') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
