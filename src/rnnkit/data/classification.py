@@ -42,6 +42,10 @@ class ClassificationSpec:
                 raise CorpusError(f"--{name.replace('_', '-')} must be in (0, 1) (got {getattr(self, name)})")
         if self.min_count < 1:
             raise CorpusError(f"--min-count must be >= 1 (got {self.min_count})")
+        # absolute paths, so that eval / predict / resume find the files from any working directory
+        self.sources = [_absolute(s) for s in self.sources]
+        if self.test_source:
+            self.test_source = _absolute(self.test_source)
 
     @property
     def kind(self) -> str:
@@ -62,6 +66,11 @@ class ClassificationData:
     test_texts: list[str] | None  # text: the raw test sentences (for the TF-IDF baseline and predictions)
     train_texts: list[str] | None  # text: the training part, train then val order (baselines fit on all of it)
     description: str
+
+
+def _absolute(source: str) -> str:
+    """An existing file or folder as an absolute path; anything else (a dataset name) as given."""
+    return str(Path(source).resolve()) if Path(source).exists() else str(source)
 
 
 def _uea_name(source: str) -> str | None:
@@ -116,6 +125,9 @@ def _load_texts(spec: ClassificationSpec, vocab: TokenVocab | None, classes: lis
     for source in spec.sources:
         if Path(source).suffix == ".ts":
             raise CorpusError(f"{source}: mixing .ts series with text sources — pass one kind of data")
+        if not Path(source).exists() and "/" not in source and "." not in source:
+            raise CorpusError(f"{source!r} is neither a file nor a UEA/UCR dataset shipped with aeon (e.g. "
+                              "japanese_vowels) — pass a text<TAB>label file, a folder, a .ts file or a dataset name")
         t, lab = read_labeled_texts(source)
         texts += t
         labels += lab
