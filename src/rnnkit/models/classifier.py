@@ -88,6 +88,9 @@ class Encoder(nn.Module):
         if self.embedding is not None:
             inputs = self.embedding(x)  # (B, T, E)
         else:
+            if x.dim() != 3 or x.shape[-1] != self.input_mean.shape[0]:
+                raise ConfigError(f"inputs of shape {tuple(x.shape)} do not fit this model's "
+                                  f"{self.input_mean.shape[0]} features per step — pass series like the training data")
             inputs = (x - self.input_mean) / self.input_std  # (B, T, C)
             if self.training and self.input_noise:
                 inputs = inputs + self.input_noise * torch.randn_like(inputs)
