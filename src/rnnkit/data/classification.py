@@ -39,9 +39,10 @@ class ClassificationSpec:
             raise CorpusError(f"unknown --tokens {self.tokens!r} — use one of {', '.join(TOKENIZERS)}")
         for name in ("test_fraction", "val_fraction"):
             if not 0.0 < getattr(self, name) < 1.0:
-                raise CorpusError(f"--{name.replace('_', '-')} must be in (0, 1) (got {getattr(self, name)})")
+                raise CorpusError(f"--{name.replace('_', '-')} must be in (0, 1) (got {getattr(self, name)}) — "
+                                  "e.g. 0.1 holds out a tenth of each class")
         if self.min_count < 1:
-            raise CorpusError(f"--min-count must be >= 1 (got {self.min_count})")
+            raise CorpusError(f"--min-count must be >= 1 (got {self.min_count}) — 1 keeps every token")
         # absolute paths, so that eval / predict / resume find the files from any working directory
         self.sources = [_absolute(s) for s in self.sources]
         if self.test_source:

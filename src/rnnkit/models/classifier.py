@@ -154,7 +154,7 @@ class SequenceClassifierConfig(EncoderConfig):
         if self.pooling not in POOLING:
             raise ConfigError(f"unknown pooling {self.pooling!r} — use one of {', '.join(POOLING)}")
         if self.members < 1:
-            raise ConfigError(f"members must be >= 1 (got {self.members})")
+            raise ConfigError(f"members must be >= 1 (got {self.members}) — 1 trains a single classifier")
 
 
 class Member(nn.Module):
