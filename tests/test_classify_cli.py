@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from classify_helpers import sentiment_sample, write_ts
+from PIL import Image
 from test_cli import run  # the CLI in-process: (exit code, stdout, stderr)
 
 from rnnkit.checkpoint import CONFIG, MODEL, TRAINER_STATE, load_weights
@@ -74,6 +75,9 @@ def test_eval_json_matches_a_manual_evaluation(text_run, capsys, tmp_path):
     assert set(result["baselines"]) == {"majority", "tfidf_logreg"}
     assert result["baseline_accuracy"] == max(result["baselines"].values())
     assert png.read_bytes()[:8] == PNG and png.stat().st_size > 2000
+    with Image.open(png) as image:
+        assert image.format == "PNG" and min(image.size) >= 300
+        image.verify()
     # the same figures by hand: the run's model on the test split that config.json rebuilds
     model, config = load_weights(run_dir, kind="classifier")
     vocab = TokenVocab.from_dict(config["vocab"])
