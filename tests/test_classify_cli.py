@@ -107,6 +107,8 @@ def test_predict_texts_from_arguments_and_stdin(text_run, capsys, monkeypatch):
     code, out2, _ = run(capsys, "classify", "predict", run_dir)
     assert code == 0 and out2 == out
     code, out, _ = run(capsys, "classify", "predict", run_dir, *texts, "--top", 5, "--json")
+    # options may also come before the texts
+    assert run(capsys, "classify", "predict", run_dir, "--top", 5, "--json", *texts)[1] == out
     rows = [json.loads(ln) for ln in out.splitlines()]
     model, config = load_weights(run_dir, kind="classifier")
     vocab = TokenVocab.from_dict(config["vocab"])
@@ -198,6 +200,8 @@ def test_an_existing_run_is_never_overwritten(text_run, capsys, tmp_path):
     for argv, fragment in [
         (["--data", tsv, "--out", run_dir, "--max-steps", 2], "already holds a training run"),
         (["--resume", run_dir, "--data", tsv, "--max-steps", 50], "drop --data"),
+        (["--resume", run_dir, "--tokens", "char", "--max-steps", 50], "drop --tokens"),
+        (["--resume", run_dir, "--test-fraction", "0.2", "--max-steps", 50], "drop --test-fraction"),
         (["--resume", run_dir, "--hidden-size", 32, "--max-steps", 50], "--hidden-size cannot change"),
         (["--resume", run_dir, "--pooling", "mean", "--max-steps", 50], "--pooling cannot change"),
     ]:

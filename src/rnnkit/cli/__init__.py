@@ -36,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a trailing nargs="*" positional at the first option ("predict RUN --top 2 TEXT");
+    # verbs that name such a positional in `extra_positionals` take the words after the options too
+    where = getattr(args, "extra_positionals", None)
+    if extra and where and not any(e.startswith("-") for e in extra):
+        setattr(args, where, [*getattr(args, where), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args) or 0
     except RnnkitError as e:

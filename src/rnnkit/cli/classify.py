@@ -14,6 +14,7 @@ from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError, CorpusError
 
 KIND = "classifier"
+DATA_FLAGS = ("data", "test_data", "tokens", "min_count", "test_fraction", "val_fraction", "split_seed")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -31,12 +32,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", action="append", metavar="PATH|NAME",
                    help="training data; repeat to join several text files (e.g. the three sentiment files)")
     p.add_argument("--test-data", metavar="PATH", help="a separate test file (default: a stratified split)")
-    p.add_argument("--tokens", choices=("char", "word"), default="char", help="text tokens (default: char)")
-    p.add_argument("--min-count", type=int, default=1, help="rarer tokens become <unk> (default: 1)")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="held out for testing (default: 0.1)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    # data flags default to None so that a resume can tell they were given (the data of a run cannot change)
+    p.add_argument("--tokens", choices=("char", "word"), help="text tokens (default: char)")
+    p.add_argument("--min-count", type=int, help="rarer tokens become <unk> (default: 1)")
+    p.add_argument("--test-fraction", type=float, help="held out for testing (default: 0.1)")
+    p.add_argument("--val-fraction", type=float,
                    help="of the training part, held out to pick the best checkpoint (default: 0.1)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the stratified splits (default: 0)")
+    p.add_argument("--split-seed", type=int, help="seed of the stratified splits (default: 0)")
+    p.add_argument("--init-from", type=Path, metavar="LM_RUN_DIR",
+                   help="start the encoder from a character language model trained by `rnnkit train` (needs "
+                        "--tokens char and the same cell, hidden size and embedding size)")
     p.add_argument("--out", type=Path, help="run directory to create (default: runs/classify-<date-time>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -59,7 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=1, help="the K most likely classes per input (default: 1)")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
     add_load_args(p)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, extra_positionals="inputs")
 
 
 # -- train ---------------------------------------------------------------------------------------------------
@@ -76,8 +81,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = args.resume
         config = read_config(run_dir, kind=KIND)
-        if args.data or args.out not in (None, run_dir):
-            raise ConfigError("--resume continues RUN_DIR with its own data — drop --data and --out")
+        data_flags = [f for f in DATA_FLAGS if getattr(args, f) is not None]
+        if data_flags or args.init_from or args.out not in (None, run_dir):
+            given_flag = "--" + (data_flags or ["init_from"])[0].replace("_", "-") if data_flags or args.init_from \
+                else "--out"
+            raise ConfigError(f"{given_flag} cannot be given when resuming: the run keeps its own data and "
+                              f"splits — drop {given_flag}, or start a new --out")
         changed = [k for k, v in model_flags.items() if config["model"].get(k) != v]
         if changed:
             raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming — resume without it, "
@@ -92,8 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
             raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
                               "or choose another --out")
-        spec = ClassificationSpec(args.data or [], args.test_data, args.tokens, args.min_count, args.test_fraction,
-                                  args.val_fraction, args.split_seed)
+        options = {f: getattr(args, f) for f in DATA_FLAGS[2:] if getattr(args, f) is not None}
+        spec = ClassificationSpec(args.data or [], args.test_data, **options)
         train_config = BatchTrainConfig(**train_flags)
         if not (train_config.epochs or train_config.max_steps or train_config.minutes):
             train_config.epochs = 20.0
@@ -103,11 +112,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = SequenceClassifier(SequenceClassifierConfig(**sizes, num_classes=len(data.classes), **model_flags))
         if data.scaling is not None:
             model.set_scaling(*data.scaling)
+        if args.init_from:
+            _init_from(model, data.vocab, args.init_from)
         config = {
             "format_version": FORMAT_VERSION, "kind": KIND, "rnnkit_version": __version__,
             "model": model.config.to_dict(), "classes": data.classes,
             "vocab": data.vocab.to_dict() if data.vocab else None,
             "data": {"spec": vars(spec), "description": data.description},
+            "init_from": str(args.init_from) if args.init_from else None,
         }
     trainer = BatchTrainer(model, data.train, data.val, train_config, run_dir, classes=True,
                            show_progress=not args.quiet)
@@ -132,6 +144,17 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"{summary['val_accuracy']:.4f}, loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f}); "
          f"test it with: rnnkit classify eval {run_dir}")
     return 0
+
+
+def _init_from(model, vocab, lm_run_dir: Path) -> None:
+    from rnnkit.checkpoint import load_run
+    from rnnkit.models.transfer import check_transfer, init_from_language_model
+
+    lm, lm_vocab, _ = load_run(lm_run_dir, "best", "cpu")
+    check_transfer(model.config, lm.config, vocab)
+    matched = init_from_language_model(model, vocab, lm, lm_vocab)
+    info(f"encoder initialised from {lm_run_dir}: {matched} of {len(vocab) - 2} characters and "
+         f"{lm.config.num_layers} recurrent layer(s)")
 
 
 # -- eval ----------------------------------------------------------------------------------------------------
