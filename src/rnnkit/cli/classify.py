@@ -152,9 +152,9 @@ def _init_from(model, vocab, lm_run_dir: Path) -> None:
 
     lm, lm_vocab, _ = load_run(lm_run_dir, "best", "cpu")
     check_transfer(model.config, lm.config, vocab)
-    matched = init_from_language_model(model, vocab, lm, lm_vocab)
+    matched, layers = init_from_language_model(model, vocab, lm, lm_vocab)
     info(f"encoder initialised from {lm_run_dir}: {matched} of {len(vocab) - 2} characters and "
-         f"{lm.config.num_layers} recurrent layer(s)")
+         f"{layers} recurrent layer(s)")
 
 
 # -- eval ----------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Transfer: start a classifier's encoder from a trained character-level language model (the ULMFiT recipe, and
 the "sentiment neuron" observation that a char-LSTM trained only to predict text learns features that classify it).
 
-What carries over: the embedding row of every character both vocabularies share, and each recurrent layer's
-weights into the classifier's forward direction (the backward direction, pooling and head start fresh).
+What carries over: the embedding row of every character both vocabularies share, and the recurrent layers'
+weights into the classifier's forward direction — every layer for a one-way encoder, the first layer for a
+bidirectional one (its upper layers read both directions, a different input). The backward direction, pooling
+and head start fresh.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ def check_transfer(classifier_config, lm_config, vocab: TokenVocab | None) -> No
 
 @torch.no_grad()
 def init_from_language_model(classifier: SequenceClassifier, vocab: TokenVocab, lm: LanguageModel,
-                             lm_vocab: CharVocab) -> int:
-    """Copy the language model's weights into every member's encoder; returns how many characters matched."""
+                             lm_vocab: CharVocab) -> tuple[int, int]:
+    """Copy the language model's weights into every member's encoder; returns (characters, layers) copied."""
     check_transfer(classifier.config, lm.config, vocab)
     directions = 2 if classifier.config.bidirectional else 1
+    layers = 1 if directions == 2 else lm.config.num_layers
     matched = 0
     for member in classifier.members:
         encoder = member.encoder
@@ -44,7 +47,6 @@ def init_from_language_model(classifier: SequenceClassifier, vocab: TokenVocab, 
             if len(token) == 1 and token in lm_vocab:
                 encoder.embedding.weight[i] = lm.embedding.weight[int(lm_vocab.encode(token)[0])]
                 matched += 1
-        for layer in range(lm.config.num_layers):
-            source, target = lm.rnn.cells[layer], encoder.rnn.cells[layer * directions]
-            target.load_state_dict(source.state_dict())
-    return matched
+        for layer in range(layers):
+            encoder.rnn.cells[layer * directions].load_state_dict(lm.rnn.cells[layer].state_dict())
+    return matched, layers
