@@ -153,7 +153,9 @@ def test_series_train_eval_predict(series_run, capsys, tmp_path):
     assert code == 0, err
     result = json.loads(out)
     _, train_y, test_x, test_y = load_uea("JapaneseVowels")
-    assert result["test_examples"] == 370 and set(result["baselines"]) == {"majority"}
+    assert result["test_examples"] == 370 and set(result["baselines"]) == {"majority", "minirocket"}
+    assert result["baselines"]["minirocket"] > 0.95  # the strong classical peer (about 0.98 here)
+    assert result["baseline_accuracy"] == result["baselines"]["minirocket"]
     values, counts = np.unique(train_y, return_counts=True)
     assert result["baselines"]["majority"] == pytest.approx(float(np.mean(test_y == values[np.argmax(counts)])))
     assert 0.0 <= result["accuracy"] <= 1.0 and (series_run / "confusion.png").read_bytes()[:8] == PNG

@@ -41,3 +41,22 @@ def tfidf_accuracy(train_texts: Sequence[str], train_y: np.ndarray, test_texts: 
                    tokens: str) -> float:
     model = tfidf_logreg(tokens).fit(list(train_texts), np.asarray(train_y))
     return float(np.mean(model.predict(list(test_texts)) == np.asarray(test_y)))
+
+
+def minirocket_accuracy(train_x: Sequence[np.ndarray], train_y: np.ndarray, test_x: Sequence[np.ndarray],
+                        test_y: np.ndarray, seed: int = 0) -> float:
+    """MiniRocket random convolution features + ridge classifier (aeon), the strong classical peer for series.
+
+    Sequences ``(T_i, C)`` of unequal length are padded to the longest by repeating their last step.
+    """
+    try:
+        from aeon.classification.convolution_based import MiniRocketClassifier
+    except ImportError:
+        raise RnnkitError(f"the MiniRocket baseline needs aeon — {EXTRA}") from None
+    longest = max(len(x) for x in [*train_x, *test_x])
+
+    def stack(xs):  # (N, C, T), aeon's layout
+        return np.stack([np.pad(x, ((0, longest - len(x)), (0, 0)), mode="edge").T for x in xs])
+
+    model = MiniRocketClassifier(random_state=seed).fit(stack(train_x), np.asarray(train_y))
+    return float(np.mean(model.predict(stack(test_x)) == np.asarray(test_y)))

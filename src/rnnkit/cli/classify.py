@@ -48,7 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, SequenceClassifierConfig, "model"),
                    train_flags=add_dataclass_args(p, BatchTrainConfig, "training"))
 
-    p = verbs.add_parser("eval", help="test accuracy against the majority class and TF-IDF + logistic regression")
+    p = verbs.add_parser("eval", help="test accuracy against classical baselines: the majority class, and TF-IDF + "
+                                      "logistic regression (text) or MiniRocket + ridge (series)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--confusion-png", type=Path, metavar="FILE",
@@ -171,7 +172,7 @@ def _load(args: argparse.Namespace):
 def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from rnnkit.baselines.classify import majority_accuracy, tfidf_accuracy
+    from rnnkit.baselines.classify import majority_accuracy, minirocket_accuracy, tfidf_accuracy
     from rnnkit.data.classification import ClassificationSpec, load_classification
     from rnnkit.plots import plot_confusion
     from rnnkit.train.batches import predict
@@ -192,6 +193,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         baselines["majority"] = majority_accuracy(train_y, truth)
         if data.test_texts is not None:
             baselines["tfidf_logreg"] = tfidf_accuracy(data.train_texts, train_y, data.test_texts, truth, spec.tokens)
+        else:
+            train_x = [*data.train.inputs, *data.val.inputs]
+            baselines["minirocket"] = minirocket_accuracy(train_x, train_y, data.test.inputs, truth)
     png = args.confusion_png or args.run_dir / "confusion.png"
     plot_confusion(confusion, data.classes, png, title=f"test accuracy {accuracy:.4f} ({len(truth):,} examples)")
     per_class = {c: float(confusion[i, i] / max(confusion[i].sum(), 1)) for i, c in enumerate(data.classes)}
