@@ -33,7 +33,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="training data; repeat to join several text files (e.g. the three sentiment files)")
     p.add_argument("--test-data", metavar="PATH", help="a separate test file (default: a stratified split)")
     # data flags default to None so that a resume can tell they were given (the data of a run cannot change)
-    p.add_argument("--tokens", choices=("char", "word"), help="text tokens (default: char)")
+    p.add_argument("--tokens", choices=("char", "word", "subword"),
+                   help="text tokens: char, word, or subword (words plus hashed character 3-5-grams; default: char)")
     p.add_argument("--min-count", type=int, help="rarer tokens become <unk> (default: 1)")
     p.add_argument("--test-fraction", type=float, help="held out for testing (default: 0.1)")
     p.add_argument("--val-fraction", type=float,

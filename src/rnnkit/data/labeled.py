@@ -6,6 +6,7 @@ Shape letters: N examples, B batch, T time (longest sequence in the batch), C fe
 from __future__ import annotations
 
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,21 +19,30 @@ from torch import Tensor
 from rnnkit.errors import CorpusError, VocabularyError
 
 PAD, UNK = "<pad>", "<unk>"
-TOKENIZERS = ("char", "word")
+TOKENIZERS = ("char", "word", "subword")
 _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # words (with an inner apostrophe: don't, it's) and punctuation marks
+SUBWORD_BUCKETS = 1 << 15  # hashed character n-gram rows of a subword vocabulary
+SUBWORD_NGRAMS = (3, 5)  # n-gram lengths, taken of "<word>" so the ends of a word are n-grams of their own
+SUBWORD_MAX = 40  # ids per word at most: the word itself and its first 39 n-grams
 
 
 def tokenize(text: str, kind: str) -> list[str]:
-    """``char``: every character; ``word``: lower-cased words and punctuation marks."""
+    """``char``: every character; ``word`` and ``subword``: lower-cased words and punctuation marks."""
     if kind == "char":
         return list(text)
-    if kind == "word":
+    if kind in ("word", "subword"):
         return _WORD.findall(text.lower())
     raise VocabularyError(f"unknown tokenizer {kind!r} — use one of {', '.join(TOKENIZERS)}")
 
 
 class TokenVocab:
-    """Tokens to ids with ``<pad>`` = 0 and ``<unk>`` = 1; tokens rarer than ``min_count`` map to ``<unk>``."""
+    """Tokens to ids with ``<pad>`` = 0 and ``<unk>`` = 1; tokens rarer than ``min_count`` map to ``<unk>``.
+
+    ``subword`` (fastText's idea): each word is also the bag of its character n-grams, hashed into
+    ``SUBWORD_BUCKETS`` extra rows, so a word seen once or never still shares what its pieces have learnt ("unwatchable"
+    with "watch" and "unbearable"). ``encode`` then returns ``(T, K)`` ids per text — the word's id and its n-grams'
+    ids, 0-padded — and the encoder averages their embeddings into one vector per word.
+    """
 
     def __init__(self, tokens: Sequence[str], kind: str) -> None:
         if kind not in TOKENIZERS:
@@ -40,6 +50,7 @@ class TokenVocab:
         self.kind = kind
         self.tokens = [PAD, UNK, *(t for t in tokens if t not in (PAD, UNK))]
         self._index = {t: i for i, t in enumerate(self.tokens)}
+        self.buckets = SUBWORD_BUCKETS if kind == "subword" else 0
 
     @classmethod
     def build(cls, texts: Iterable[str], kind: str, min_count: int = 1) -> TokenVocab:
@@ -47,10 +58,26 @@ class TokenVocab:
         return cls(sorted(t for t, n in counts.items() if n >= min_count), kind)
 
     def __len__(self) -> int:
-        return len(self.tokens)
+        """Embedding rows: the tokens, and the n-gram buckets of a subword vocabulary."""
+        return len(self.tokens) + self.buckets
 
     def encode(self, text: str) -> np.ndarray:
-        return np.array([self._index.get(t, 1) for t in tokenize(text, self.kind)], dtype=np.int64)
+        """Ids ``(T,)`` — or ``(T, K)`` for subword: each word's id then its n-grams' ids, 0-padded."""
+        words = tokenize(text, self.kind)
+        if self.kind != "subword":
+            return np.array([self._index.get(t, 1) for t in words], dtype=np.int64)
+        rows = [[self._index.get(w, 1), *self._ngram_ids(w)][:SUBWORD_MAX] for w in words]
+        out = np.zeros((len(rows), max((len(r) for r in rows), default=1)), dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = r
+        return out
+
+    def _ngram_ids(self, word: str) -> list[int]:
+        marked = f"<{word}>"
+        lo, hi = SUBWORD_NGRAMS
+        grams = [marked[i:i + n] for n in range(lo, hi + 1) for i in range(len(marked) - n + 1)]
+        # crc32, not hash(): Python salts str hashes per process, and the ids must be the same in every run
+        return [len(self.tokens) + zlib.crc32(g.encode("utf-8")) % self.buckets for g in grams if g != marked]
 
     def to_dict(self) -> dict:
         return {"type": "tokens", "kind": self.kind, "tokens": self.tokens[2:]}
@@ -139,7 +166,10 @@ class Examples:
     def batch(self, indices: Sequence[int]) -> Batch:
         seqs = [torch.from_numpy(np.asarray(self.inputs[i])) for i in indices]
         lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
-        x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # (B, T) or (B, T, C)
+        if seqs[0].dim() == 2:  # subword ids (T_i, K_i): K differs between texts, pad it with 0 (<pad>) too
+            width = max(s.shape[1] for s in seqs)
+            seqs = [torch.nn.functional.pad(s, (0, width - s.shape[1])) for s in seqs]
+        x = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)  # (B, T), (B, T, K) or (B, T, C)
         return Batch(x, lengths, torch.from_numpy(self.targets[np.asarray(indices, dtype=np.int64)]))
 
     def batches(self, batch_size: int) -> Iterable[Batch]:

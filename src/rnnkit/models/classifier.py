@@ -85,7 +85,10 @@ class Encoder(nn.Module):
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     def forward(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
-        if self.embedding is not None:
+        if self.embedding is not None and x.dim() == 3:  # subword ids (B, T, K): average each word's pieces
+            n = (x != 0).sum(-1, keepdim=True).clamp(min=1)  # (B, T, 1)
+            inputs = self.embedding(x).sum(2) / n  # (B, T, E); <pad> rows are zero
+        elif self.embedding is not None:
             inputs = self.embedding(x)  # (B, T, E)
         else:
             if x.dim() != 3 or x.shape[-1] != self.input_mean.shape[0]:
