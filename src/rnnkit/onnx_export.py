@@ -147,7 +147,9 @@ class LanguageModelGraph(nn.Module):
 
 
 def export_onnx(model: nn.Module, config: dict, path: str | Path) -> Path:
-    """Write ``model`` (rebuilt from ``config``, a run's config.json) to ``path`` as one self-contained .onnx file."""
+    """Write ``model`` (described by ``config``, a run's config.json) to ``path`` as one self-contained .onnx file.
+
+    The model is moved to the CPU and exported in float32."""
     require_onnx()
     import onnx
 
