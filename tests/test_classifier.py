@@ -211,6 +211,14 @@ def test_epochs_set_the_step_budget(tmp_path):
         trainer_for(tmp_path, train, Examples([], np.array([], dtype=np.int64)), max_steps=3)
 
 
+def test_a_data_parallel_launch_is_refused(tmp_path, monkeypatch):
+    """Under torchrun every rank would train alone and write the same run directory."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="without torchrun"):
+        trainer_for(tmp_path, toy_examples(50), toy_examples(10, 1), epochs=1)
+    assert not (tmp_path / MODEL).exists()
+
+
 def test_validation_figures_match_a_manual_count(tmp_path):
     train, val = toy_examples(50), toy_examples(23, 1)
     trainer = trainer_for(tmp_path, train, val, max_steps=10)

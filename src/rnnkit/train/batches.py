@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from rnnkit.data.labeled import Batch, Examples
 from rnnkit.errors import ConfigError, CorpusError
+from rnnkit.train.distributed import world_size
 from rnnkit.train.loop import LoopConfig, LoopTrainer
 
 
@@ -47,6 +48,9 @@ class BatchTrainer(LoopTrainer):
 
     def __init__(self, model: nn.Module, train: Examples, val: Examples, config: BatchTrainConfig,
                  run_dir: str | Path, classes: bool = True, show_progress: bool = True) -> None:
+        if world_size() > 1:  # every rank would train alone and all would write the same run directory
+            raise ConfigError("many-to-one training runs in one process — start it without torchrun "
+                              "(data-parallel training covers `rnnkit train`)")
         if len(train) == 0 or len(val) == 0:
             raise CorpusError(f"{len(train)} training and {len(val)} validation examples — both need at least one")
         self.classes = classes
