@@ -19,8 +19,9 @@ def majority_accuracy(train_y: np.ndarray, test_y: np.ndarray) -> float:
 
 
 def tfidf_logreg(tokens: str, seed: int = 0):
-    """The text pipeline: ``char`` data -> TF-IDF of character 1–4-grams; ``word`` data -> word 1–2-grams plus
-    character 2–5-grams (within word boundaries); then logistic regression."""
+    """The text pipeline: ``char`` data -> TF-IDF of character 1–4-grams within word boundaries; ``word`` and
+    ``subword`` data -> word 1–2-grams plus character 2–5-grams (within word boundaries); then logistic
+    regression (C = 10)."""
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -28,7 +29,8 @@ def tfidf_logreg(tokens: str, seed: int = 0):
     except ImportError:
         raise RnnkitError(f"the TF-IDF baseline needs scikit-learn — {EXTRA}") from None
     if tokens == "char":
-        features = TfidfVectorizer(analyzer="char", ngram_range=(1, 4), sublinear_tf=True, lowercase=False)
+        # char_wb (n-grams padded at word edges): 84.96% on names with the issue's split, char 83.72% (C = 10)
+        features = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), sublinear_tf=True)
     else:
         features = make_union(
             TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
