@@ -17,6 +17,7 @@ from rnnkit.checkpoint import (
     FORMAT_VERSION,
     MODEL,
     TRAINER_STATE,
+    load_tensors,
     load_weights,
     model_tensors,
     save_tensors,
@@ -291,3 +292,28 @@ def test_learns_the_language_of_real_names(tmp_path):
     accuracy = float(np.mean(predict(model, test, torch.device("cpu")).argmax(-1).numpy() == test.targets))
     majority = float(np.mean(test.targets == np.bincount(y[fit_idx]).argmax()))
     assert majority < 0.5 and accuracy > majority + 0.3, (accuracy, majority)
+
+
+def test_the_best_checkpoint_is_the_most_accurate_with_loss_breaking_ties(tmp_path, monkeypatch):
+    trainer = trainer_for(tmp_path / "run", toy_examples(40), toy_examples(10, 1), max_steps=10)
+    seen = iter([
+        {"val_loss": 0.40, "val_accuracy": 0.80},  # first: best
+        {"val_loss": 0.50, "val_accuracy": 0.85},  # more accurate, higher loss: best
+        {"val_loss": 0.60, "val_accuracy": 0.85},  # as accurate, higher loss: not
+        {"val_loss": 0.45, "val_accuracy": 0.85},  # as accurate, lower loss: best
+        {"val_loss": 0.30, "val_accuracy": 0.70},  # lowest loss, less accurate: not
+    ])
+    monkeypatch.setattr(trainer, "validate", lambda: next(seen))
+    (tmp_path / "run").mkdir()
+    marks = []
+    for _ in range(5):
+        trainer._validate_and_save()
+        marks.append(load_tensors(tmp_path / "run" / BEST)[1]["val_loss"])
+    assert marks == [0.40, 0.50, 0.50, 0.45, 0.45]
+    assert trainer.best_key == [-0.85, 0.45] and trainer.best_val == 0.45
+    again = trainer_for(tmp_path / "run", toy_examples(40), toy_examples(10, 1), max_steps=10)
+    again.resume()
+    assert again.best_key == [-0.85, 0.45]
+    regression = trainer_for(tmp_path / "reg", toy_examples(40), toy_examples(10, 1), max_steps=10)
+    regression.classes = False
+    assert regression.selection_key({"val_loss": 0.3, "val_accuracy": 0.1}) == (0.3,)

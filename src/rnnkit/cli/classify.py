@@ -143,7 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         info(f"stopped at step {summary['step']}; continue with: rnnkit classify train --resume {run_dir}")
         return 130
     info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; validation accuracy "
-         f"{summary['val_accuracy']:.4f}, loss {summary['val_loss']:.4f} (best {summary['best_val_loss']:.4f}); "
+         f"{summary['val_accuracy']:.4f}, loss {summary['val_loss']:.4f} (best checkpoint: accuracy "
+         f"{-trainer.best_key[0]:.4f}); "
          f"test it with: rnnkit classify eval {run_dir}")
     return 0
 

@@ -123,7 +123,8 @@ class LoopTrainer:
         # training position: everything here is saved in trainer_state and restored by resume()
         self.step = self.tokens_seen = 0
         self.elapsed = 0.0
-        self.best_val = math.inf
+        self.best_val = math.inf  # val_loss of the best checkpoint
+        self.best_key: list[float] | None = None  # selection_key of the best checkpoint
         self.last_val: float | None = None
         self.last_figures: dict = {}
         self._stop = False
@@ -136,6 +137,10 @@ class LoopTrainer:
     def validate(self) -> dict:
         """``{"val_loss": ..., **extra_metrics}`` on the validation data; ``val_loss`` picks the best checkpoint."""
         raise NotImplementedError
+
+    def selection_key(self, figures: dict) -> tuple[float, ...]:
+        """What picks best.safetensors among validations, compared as a tuple, lower is better: the loss here."""
+        return (figures["val_loss"],)
 
     def position(self) -> tuple[dict, dict[str, Tensor]]:
         """Where in the data training is: JSON-able metadata and tensors, saved in trainer_state."""
@@ -289,9 +294,10 @@ class LoopTrainer:
         self.model.train(was_training)
         val = figures["val_loss"]
         self.last_val, self.last_figures = val, figures
-        improved = val < self.best_val
+        key = list(self.selection_key(figures))
+        improved = self.best_key is None or key < self.best_key
         if improved:
-            self.best_val = val
+            self.best_val, self.best_key = val, key
         self.save(best=improved)
         self.elapsed = self.ranks.from_main(self.elapsed + time.perf_counter() - t0)
         return figures
@@ -318,7 +324,8 @@ class LoopTrainer:
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         save_tensors(self.run_dir / TRAINER_STATE, tensors, {
             "step": self.step, "tokens_seen": self.tokens_seen, "elapsed_s": self.elapsed,
-            "best_val": None if math.isinf(self.best_val) else self.best_val, "last_val": self.last_val,
+            "best_val": None if math.isinf(self.best_val) else self.best_val, "best_key": self.best_key,
+            "last_val": self.last_val,
             "last_figures": self.last_figures, "param_groups": param_groups, **position,
         })
 
@@ -337,6 +344,7 @@ class LoopTrainer:
             self.ranks.spread_rng()
             self.step, self.tokens_seen, self.elapsed = meta["step"], meta["tokens_seen"], meta["elapsed_s"]
             self.best_val = math.inf if meta["best_val"] is None else meta["best_val"]
+            self.best_key = meta.get("best_key", None if meta["best_val"] is None else [meta["best_val"]])
             self.last_val, self.last_figures = meta["last_val"], meta.get("last_figures") or {}
             self.restore_position(meta, tensors)
         except (KeyError, ValueError, IndexError, RuntimeError) as e:
