@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, info
+from rnnkit.cli.common import add_load_args, add_run_args, info
 from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -43,9 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", type=Path, metavar="LM_RUN_DIR",
                    help="start the encoder from a character language model trained by `rnnkit train` (needs "
                         "--tokens char and the same cell, hidden size and embedding size)")
-    p.add_argument("--out", type=Path, help="run directory to create (default: runs/classify-<date-time>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_args(p, "classify-")
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, SequenceClassifierConfig, "model"),
                    train_flags=add_dataclass_args(p, BatchTrainConfig, "training"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_load_args(p: argparse.ArgumentParser) -> None:
@@ -11,6 +12,13 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", choices=("best", "last"), default="best",
                    help="best validation loss (default) or the latest weights")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+
+
+def add_run_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--out``, ``--resume`` and ``--quiet`` for verbs that train into a run directory."""
+    p.add_argument("--out", type=Path, help=f"run directory to create (default: runs/{prefix}<date-time>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def info(message: str) -> None:

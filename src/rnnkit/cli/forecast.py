@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, info
+from rnnkit.cli.common import add_load_args, add_run_args, info
 from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -25,9 +25,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("train", help="train a forecaster on the training part of a series",
                          description="Train on sliding windows of the training part; the last --test-size steps "
                                      "are held out, and windows ending in the last --val-size steps validate.")
-    p.add_argument("--out", type=Path, help="run directory to create (default: runs/forecast-<date-time>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_args(p, "forecast-")
     p.set_defaults(func=cmd_train, data_flags=add_dataclass_args(p, ForecastDataConfig, "data"),
                    model_flags=add_dataclass_args(p, ForecasterConfig, "model"),
                    train_flags=add_dataclass_args(p, ForecastTrainConfig, "training"))

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, info
+from rnnkit.cli.common import add_load_args, add_run_args, info
 from rnnkit.cliargs import add_dataclass_args, given
 from rnnkit.errors import ConfigError, RnnkitError
 
@@ -25,11 +25,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a character-level language model",
                        description="Train a character-level language model by stateful truncated BPTT.")
     p.add_argument("--data", help="a UTF-8 text file, 'shakespeare', or 'builtin' (default: the built-in corpus)")
-    p.add_argument("--out", type=Path, help="run directory to create (default: runs/<date-time>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    add_run_args(p)
     p.add_argument("--sample-length", type=int, default=MAIN_JOB_SAMPLE,
                    help=f"characters to sample when training ends, 0 for none (default: {MAIN_JOB_SAMPLE})")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=int, metavar="N",
                    help="train data-parallel in N processes on this machine, as torchrun --nproc_per_node N does "
                         "(DDP; gloo on CPU, NCCL on GPU); the global --batch-size is split between them")

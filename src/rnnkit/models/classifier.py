@@ -13,9 +13,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnkit.errors import ConfigError
-from rnnkit.models.output import Output
+from rnnkit.models.output import Output, check_recurrent_config
 from rnnkit.nn.cells import CELL_TYPES, State
-from rnnkit.nn.recurrent import PATHS, Recurrent
+from rnnkit.nn.recurrent import Recurrent
 
 POOLING = ("last", "mean", "attention")
 
@@ -38,19 +38,11 @@ class EncoderConfig:
         "help": "std of Gaussian noise added to standardised features while training (feature inputs)"})
 
     def __post_init__(self) -> None:
-        if self.cell not in CELL_TYPES:
-            raise ConfigError(f"unknown cell {self.cell!r} — use one of {', '.join(CELL_TYPES)}")
-        for name in ("hidden_size", "num_layers", "embedding_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
+        check_recurrent_config(self)
         if self.vocab_size < 0 or self.input_size < 0:
             raise ConfigError("vocab_size and input_size must be >= 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
         if self.input_noise < 0:
             raise ConfigError(f"input_noise must be >= 0 (got {self.input_noise})")
-        if self.path not in PATHS:
-            raise ConfigError(f"unknown path {self.path!r} — use one of {', '.join(PATHS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

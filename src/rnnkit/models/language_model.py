@@ -13,9 +13,9 @@ from torch.nn import functional as F
 
 from rnnkit.data.streams import IGNORE_INDEX
 from rnnkit.errors import ConfigError
-from rnnkit.models.output import Output
+from rnnkit.models.output import Output, check_recurrent_config
 from rnnkit.nn.cells import CELL_TYPES, State
-from rnnkit.nn.recurrent import PATHS, Recurrent
+from rnnkit.nn.recurrent import Recurrent
 
 
 @dataclass
@@ -37,22 +37,14 @@ class LanguageModelConfig:
         default=0.0, metadata={"help": "dropout on each step's candidate, lstm/gru (explicit path)"})
 
     def __post_init__(self) -> None:
-        if self.cell not in CELL_TYPES:
-            raise ConfigError(f"unknown cell {self.cell!r} — use one of {', '.join(CELL_TYPES)}")
-        for name in ("hidden_size", "num_layers", "embedding_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive (got {getattr(self, name)})")
+        check_recurrent_config(self)
         if self.vocab_size < 0:
             raise ConfigError(f"vocab_size must be >= 0 (0: set from the vocabulary) (got {self.vocab_size})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise ConfigError(
                 f"tie_weights needs embedding_size == hidden_size (got {self.embedding_size} and "
                 f"{self.hidden_size}) — pass --embedding-size {self.hidden_size}"
             )
-        if self.path not in PATHS:
-            raise ConfigError(f"unknown path {self.path!r} — use one of {', '.join(PATHS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
