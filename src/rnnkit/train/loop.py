@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,7 +107,7 @@ def build_optimizer(model: nn.Module, config: LoopConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
 
 
-class LoopTrainer:
+class LoopTrainer(ABC):
     """The training loop and its checkpoints; subclasses supply the data (see the module docstring)."""
 
     #: figures ``validate`` returns besides ``val_loss``; they become metrics.csv columns
@@ -130,22 +131,23 @@ class LoopTrainer:
         self._stop = False
 
     # -- what a task trainer supplies ------------------------------------------------------------------------
+    @abstractmethod
     def train_step(self) -> tuple[float, float, int]:
         """One update: forward, ``self.optimize(loss)``. Returns (loss, gradient norm, tokens in the batch)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def validate(self) -> dict:
-        """``{"val_loss": ..., **extra_metrics}`` on the validation data; ``val_loss`` picks the best checkpoint."""
-        raise NotImplementedError
+        """``{"val_loss": ..., **extra_metrics}`` on the validation data (``selection_key`` picks the best)."""
 
     def selection_key(self, figures: dict) -> tuple[float, ...]:
         """What picks best.safetensors among validations, compared as a tuple, lower is better: the loss here."""
         return (figures["val_loss"],)
 
+    @abstractmethod
     def position(self) -> tuple[dict, dict[str, Tensor]]:
         """Where in the data training is: JSON-able metadata and tensors, saved in trainer_state."""
-        return {}, {}
 
+    @abstractmethod
     def restore_position(self, meta: dict, tensors: dict[str, Tensor]) -> None:
         """Undo ``position``: called by ``resume`` after the model, optimizer and RNG are restored."""
 
