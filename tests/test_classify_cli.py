@@ -248,3 +248,17 @@ def test_nothing_to_classify(text_run, capsys, monkeypatch):
     code, out, err = run(capsys, "classify", "predict", text_run[0])
     assert_user_error(code, err, "nothing to classify")
     assert out == ""
+
+
+def test_resume_with_more_epochs_extends_an_epoch_budget(tmp_path, capsys):
+    """The saved max_steps was worked out from the saved epochs; a new --epochs replaces the whole budget."""
+    data = sentiment_sample(tmp_path / "s.tsv", per_file=40)
+    run_dir = tmp_path / "run"
+    code, _, err = run(capsys, "classify", "train", "--data", data, "--out", run_dir, "--epochs", 1, *SMALL)
+    assert code == 0, err
+    first = json.loads((run_dir / CONFIG).read_text())["train"]["max_steps"]
+    code, _, err = run(capsys, "classify", "train", "--resume", run_dir, "--epochs", 2, "--quiet")
+    assert code == 0, err
+    train = json.loads((run_dir / CONFIG).read_text())["train"]
+    assert train["epochs"] == 2 and train["max_steps"] == 2 * first
+    assert f"done: {2 * first} steps" in err

@@ -81,12 +81,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = args.resume
         config = read_config(run_dir, kind=KIND)
-        data_flags = [f for f in DATA_FLAGS if getattr(args, f) is not None]
-        if data_flags or args.init_from or args.out not in (None, run_dir):
-            given_flag = "--" + (data_flags or ["init_from"])[0].replace("_", "-") if data_flags or args.init_from \
-                else "--out"
-            raise ConfigError(f"{given_flag} cannot be given when resuming: the run keeps its own data and "
-                              f"splits — drop {given_flag}, or start a new --out")
+        refused = [f"--{f.replace('_', '-')}" for f in (*DATA_FLAGS, "init_from") if getattr(args, f) is not None]
+        refused += ["--out"] if args.out not in (None, run_dir) else []
+        if refused:
+            raise ConfigError(f"{refused[0]} cannot be given when resuming: the run keeps its own data and "
+                              f"splits — drop {refused[0]}, or start a new --out")
         changed = [k for k, v in model_flags.items() if config["model"].get(k) != v]
         if changed:
             raise ConfigError(f"--{changed[0].replace('_', '-')} cannot change when resuming — resume without it, "
@@ -94,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = ClassificationSpec(**config["data"]["spec"])
         vocab = TokenVocab.from_dict(config["vocab"]) if config.get("vocab") else None
         data = load_classification(spec, vocab, config["classes"], verify=True)
-        train_config = BatchTrainConfig(**{**config["train"], **train_flags})
+        train_config = BatchTrainConfig.resumed(config["train"], train_flags)
         model = build_model(config)
     else:
         run_dir = args.out or Path("runs") / time.strftime("classify-%Y%m%d-%H%M%S")

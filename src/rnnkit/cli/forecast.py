@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dc, series = resolve_data(ForecastDataConfig(**config["data"]["split"]))
         _check_same_data(series, config)
         model = build_model(config)
-        train_config = ForecastTrainConfig(**{**config["train"], **train_flags})
+        train_config = ForecastTrainConfig.resumed(config["train"], train_flags)
     else:
         run_dir = args.out or Path("runs") / time.strftime("forecast-%Y%m%d-%H%M%S")
         if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():

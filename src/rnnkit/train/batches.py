@@ -39,6 +39,15 @@ class BatchTrainConfig(LoopConfig):
         if self.epochs is not None and not self.epochs > 0:
             raise ConfigError(f"epochs must be positive (got {self.epochs})")
 
+    @classmethod
+    def resumed(cls, saved: dict, given: dict):
+        """The config of a resumed run: the saved one with the flags given now, where a budget given now
+        (``epochs``, ``max_steps``, ``minutes``) replaces the saved budget — the saved ``max_steps`` was worked out
+        from the saved ``epochs`` and would otherwise cap a longer one."""
+        if given.keys() & {"epochs", "max_steps", "minutes"}:
+            saved = {**saved, "epochs": None, "max_steps": None, "minutes": None}
+        return cls(**{**saved, **given})
+
 
 class BatchTrainer(LoopTrainer):
     """Trains a many-to-one model on ``train`` Examples, validating on ``val``, checkpoints in ``run_dir``.
