@@ -18,15 +18,16 @@ from rnnkit.errors import RnnkitError
 COMMANDS = (
     "rnnkit.cli.lm",  # train, sample, eval
     "rnnkit.experiments",  # experiment adding|copy|gradient-flow
+    "rnnkit.cli.classify",  # classify train|eval|predict
     "rnnkit.cli.forecast",  # forecast train|predict|eval
     "rnnkit.cli.web",  # serve, visualize
     "rnnkit.cli.export",  # export --onnx
-    "rnnkit.cli.classify",  # classify train|eval|predict
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="rnnkit", description="Recurrent neural networks: train, sample and evaluate.")
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks: language models, classifiers and "
+                                               "forecasters — train, evaluate, sample, serve, export.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMANDS:
