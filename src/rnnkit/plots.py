@@ -96,3 +96,49 @@ def plot_forecast(history, truth, forecasts: dict, path: Path, title: str = "") 
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
+
+
+def plot_piano_roll(notes, path: Path, title: str = "") -> Path:
+    """A melody as a piano roll: time in quarter notes on x, pitch on y (black keys shaded), one bar per note.
+
+    ``notes`` are music tokens (``rnnkit.data.music``: bar lines are drawn dashed and fermatas marked; invalid tokens
+    are skipped as ``melody_to_stream`` skips them), or ``(offset, duration, midi)`` triples, or objects with those
+    attributes. Rests leave a gap.
+    """
+    from rnnkit.data.music import parse_tokens, pitch_token
+
+    bars: list = []
+    if notes and all(isinstance(t, str) for t in notes):
+        parsed = parse_tokens(list(notes))
+        bars = parsed.bars
+        rows = [(float(n.offset), float(n.duration), n.midi, n.fermata) for n in parsed.notes if n.midi is not None]
+    else:
+        rows = [(float(o), float(d), int(m), False) for o, d, m in
+                ((getattr(n, "offset", None), getattr(n, "duration", None), getattr(n, "midi", None))
+                 if hasattr(n, "midi") else tuple(n) for n in notes) if m is not None]
+    end = max([o + d for o, d, _, _ in rows] + [float(b) for b in bars] + [4.0])
+    fig, ax = subplots(figsize=(min(20.0, max(6.0, 0.22 * end + 2)), 4.5), dpi=100)
+    low, high = (min(r[2] for r in rows) - 2, max(r[2] for r in rows) + 2) if rows else (58, 74)
+    for m in range(low, high + 1):
+        if m % 12 in (1, 3, 6, 8, 10):
+            ax.axhspan(m - 0.5, m + 0.5, color="0.93", lw=0)
+    if rows:
+        ax.barh([r[2] for r in rows], [r[1] for r in rows], left=[r[0] for r in rows], height=0.8,
+                color="tab:blue", edgecolor="black", lw=0.6)
+        marks = [(o + d / 2, m + 1.0) for o, d, m, f in rows if f]
+        if marks:
+            ax.plot(*zip(*marks, strict=True), ls="none", marker=r"$\frown$", ms=10, color="black", label="fermata")
+            ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.text(end / 2, (low + high) / 2, "no notes", ha="center", va="center", color="gray")
+    for b in bars:
+        ax.axvline(float(b), color="gray", ls="--", lw=0.8)
+    ax.set_xlim(0, end)
+    ax.set_ylim(low - 0.5, high + 0.5)
+    ticks = [m for m in range(low, high + 1) if m % 12 in (0, 4, 7, 9)]  # C, E, G, A: the tonic triads of C and a
+    ax.set_yticks(ticks, [pitch_token(m) for m in ticks], fontsize=8)
+    ax.set_xlabel("time (quarter notes)")
+    ax.set_ylabel("pitch")
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
