@@ -18,15 +18,15 @@ from rnnkit.nn.recurrent import Recurrent, map_state
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int) -> None:
     if temperature < 0:
-        raise ConfigError(f"temperature must be >= 0 (got {temperature}); 0 means greedy")
+        raise ConfigError(f"temperature must be >= 0 (got {temperature}) — 0 means greedy, 1 samples as trained")
     if top_k is not None and top_k <= 0:
-        raise ConfigError(f"top-k must be positive (got {top_k})")
+        raise ConfigError(f"top-k must be positive (got {top_k}) — e.g. --top-k 10, or leave it out")
     if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ConfigError(f"top-p must be in (0, 1] (got {top_p})")
+        raise ConfigError(f"top-p must be in (0, 1] (got {top_p}) — e.g. --top-p 0.9, or leave it out")
     if length < 0:
-        raise ConfigError(f"length must be >= 0 (got {length})")
+        raise ConfigError(f"length must be >= 0 (got {length}) — pass the number of tokens to generate")
     if num_samples <= 0:
-        raise ConfigError(f"num-samples must be positive (got {num_samples})")
+        raise ConfigError(f"num-samples must be positive (got {num_samples}) — pass 1 or more")
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -169,3 +169,72 @@ def _sample(model, prompt, length, temperature, top_k, top_p, num_samples, gener
         if t + 1 < length:
             logits, state = step(tok, state)
     return tokens
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's length normalisation ``((5 + length) / 6) ** alpha``: 0 ranks by total log-probability, which
+    favours short outputs; larger alphas favour longer ones."""
+    return ((5 + length) / 6) ** alpha
+
+
+@torch.inference_mode()
+def beam_search(model, prompt: Sequence[int], max_length: int, beam_size: int = 5, end: int | None = None,
+                alpha: float = 0.0) -> list[tuple[list[int], float]]:
+    """The ``beam_size`` most likely continuations of ``prompt`` (at most ``max_length`` tokens, ``end`` included
+    when it is sampled), best first, each with its log-probability divided by ``length_penalty(len, alpha)``.
+
+    ``model`` has the ``forward(x, state)`` / ``step(tokens, state)`` of a language model (a ``LanguageModel``,
+    or a ``ConditionalGenerator.bind(condition)``). All live beams advance in one batched step. A beam that
+    emits ``end`` is finished; the search stops when ``beam_size`` beams are finished and no live beam can still
+    beat the worst of them, or at ``max_length``.
+    """
+    if beam_size <= 0:
+        raise ConfigError(f"beam size must be positive (got {beam_size}) — pass --beam 1 or more")
+    if max_length <= 0:
+        raise ConfigError(f"max length must be positive (got {max_length}) — pass --max-length 1 or more")
+    if len(prompt) == 0:
+        raise ConfigError("the prompt must hold at least one token")
+    if alpha < 0:
+        raise ConfigError(f"the length penalty alpha must be >= 0 (got {alpha}) — 0 ranks by log-probability")
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        out = model(torch.as_tensor([list(prompt)], dtype=torch.long, device=device))
+        logp, state = out.logits[:, -1].float().log_softmax(-1), out.state  # (1, V)
+        seqs: list[list[int]] = [[]]
+        scores = torch.zeros(1, device=device)  # (K,) summed log-probabilities of the live beams
+        finished: list[tuple[list[int], float]] = []
+        V = logp.shape[-1]
+        for t in range(max_length):
+            total = (scores[:, None] + logp).flatten()  # (K * V,)
+            top = total.topk(min(2 * beam_size, total.numel()))
+            keep_rows, keep_tokens, keep_scores = [], [], []
+            for score, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                row, token = divmod(flat, V)
+                if token == end:
+                    finished.append((seqs[row] + [token], score / length_penalty(t + 1, alpha)))
+                elif len(keep_rows) < beam_size:
+                    keep_rows.append(row), keep_tokens.append(token), keep_scores.append(score)
+            finished = sorted(finished, key=lambda f: -f[1])[:beam_size]
+            live = [(seqs[r] + [tok], sc) for r, tok, sc in zip(keep_rows, keep_tokens, keep_scores, strict=True)]
+            if not live:
+                break
+            if len(finished) == beam_size:  # log-probabilities only fall: the best a live beam can still reach
+                if max(keep_scores) / length_penalty(max_length, alpha) <= finished[-1][1]:
+                    live = []
+                    break
+            if t + 1 == max_length:
+                break
+            rows = torch.as_tensor(keep_rows, device=device)
+            seqs = [s for s, _ in live]
+            scores = torch.as_tensor(keep_scores, device=device)
+            # (L, K, H): the states of the surviving beams
+            state = map_state(lambda s, rows=rows: s.index_select(1, rows), state)
+            logits, state = model.step(torch.as_tensor(keep_tokens, device=device), state)
+            logp = logits.float().log_softmax(-1)
+        # beams cut off by max_length compete with the finished ones
+        unfinished = [(s, sc / length_penalty(len(s), alpha)) for s, sc in live]
+        return sorted(finished + unfinished, key=lambda f: -f[1])[:beam_size]
+    finally:
+        model.train(was_training)

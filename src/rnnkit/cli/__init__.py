@@ -20,6 +20,7 @@ COMMANDS = (
     "rnnkit.experiments",  # experiment adding|copy|gradient-flow
     "rnnkit.cli.classify",  # classify train|eval|predict
     "rnnkit.cli.forecast",  # forecast train|predict|eval
+    "rnnkit.cli.generate",  # generate train|sample|eval
     "rnnkit.cli.web",  # serve, visualize
     "rnnkit.cli.export",  # export --onnx
 )

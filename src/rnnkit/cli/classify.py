@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info
+from rnnkit.cli.common import add_load_args, add_run_args, info, start_run
 from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -71,7 +71,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, MODEL, TRAINER_STATE, build_model, read_config, write_json
+    from rnnkit.checkpoint import FORMAT_VERSION, MODEL, TRAINER_STATE, build_model, read_config
     from rnnkit.data.classification import ClassificationSpec, load_classification
     from rnnkit.data.labeled import TokenVocab
     from rnnkit.models.classifier import SequenceClassifier, SequenceClassifierConfig
@@ -122,11 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         }
     trainer = BatchTrainer(model, data.train, data.val, train_config, run_dir, classes=True,
                            show_progress=not args.quiet)
-    if args.resume:
-        trainer.resume()
-    config["train"] = train_config.to_dict()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, config)
+    start_run(trainer, config, run_dir, bool(args.resume))
 
     info(f"data: {data.description}; {len(data.train):,} train / {len(data.val):,} validation / "
          f"{len(data.test):,} test")

@@ -24,3 +24,14 @@ def add_run_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 def info(message: str) -> None:
     """Progress and summaries go to stderr, so stdout carries only results (samples, JSON)."""
     print(message, file=sys.stderr, flush=True)
+
+
+def start_run(trainer, config: dict, run_dir: Path, resume: bool) -> None:
+    """Resume ``trainer`` when asked, then write ``config.json`` with the training config as it now stands."""
+    from rnnkit.checkpoint import CONFIG, write_json
+
+    if resume:
+        trainer.resume()
+    config["train"] = trainer.config.to_dict()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / CONFIG, config)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data.labeled import Batch, Examples
+from rnnkit.data.streams import IGNORE_INDEX
 from rnnkit.errors import ConfigError, CorpusError
 from rnnkit.train.distributed import world_size
 from rnnkit.train.loop import LoopConfig, LoopTrainer
@@ -150,3 +151,40 @@ def evaluate_examples(model: nn.Module, examples: Examples, device: torch.device
     model.train(was_training)
     n = len(examples)
     return total / n, (correct / n if not examples.targets.dtype.kind == "f" else None)
+
+
+class ConditionedTrainer(BatchTrainer):
+    """Trains a one-to-many ``ConditionalGenerator`` on ``ConditionedSequences``: the same shuffled mini-batches,
+    budget and checkpoints as many-to-one training; the loss and the validation figure are per predicted token
+    (each sequence's end included), and the best checkpoint has the lowest validation loss."""
+
+    def __init__(self, model: nn.Module, train, val, config: BatchTrainConfig, run_dir: str | Path,
+                 show_progress: bool = True) -> None:
+        super().__init__(model, train, val, config, run_dir, classes=False, show_progress=show_progress)
+
+    def train_step(self) -> tuple[float, float, int]:
+        batch = self._next_batch()
+        self.model.train()
+        with self.autocast():
+            out = self.model(batch.x, None, batch.y, lengths=batch.lengths, condition=batch.condition)
+        norm = self.optimize(out.loss)
+        return out.loss.item(), norm, int(batch.lengths.sum())
+
+    def validate(self) -> dict:
+        return {"val_loss": sequence_nll(self.model, self.val_examples, self.device, self.config.batch_size * 4)}
+
+
+@torch.no_grad()
+def sequence_nll(model: nn.Module, sequences, device: torch.device, batch_size: int = 256,
+                 unconditioned: bool = False) -> float:
+    """Mean negative log-likelihood per predicted token (nats) of ``sequences`` (``ConditionedSequences``) under a
+    ``ConditionalGenerator``; ``unconditioned`` scores them with no label (the model's "no label" row)."""
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for b in sequences.batches(batch_size):
+        b = b.to(device)
+        out = model(b.x, None, b.y, lengths=b.lengths, condition=None if unconditioned else b.condition)
+        total += out.loss.item() * int((b.y != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total / sequences.num_targets()
