@@ -47,8 +47,9 @@ def greedy_batch(model, conditions: torch.Tensor, max_length: int) -> list[list[
     return rows.tolist()
 
 
-def evaluate(model, data: GenerationData, beam_size: int = 5) -> dict:
-    """The figures of ``model`` on the held-out (test) part of ``data`` against its classical peers."""
+def evaluate(model, data: GenerationData, beam_size: int = 5, captions_png=None) -> dict:
+    """The figures of ``model`` on the held-out (test) part of ``data`` against its classical peers; for digits,
+    ``captions_png`` draws held-out images with their captions."""
     device = next(model.parameters()).device
     test = data.test
     labelled = model.config.num_classes > 0
@@ -74,12 +75,12 @@ def evaluate(model, data: GenerationData, beam_size: int = 5) -> dict:
     elif kind == "music":
         result["unigram_nll"] = fit_tuned(1, V, data.train.sequences, data.val.sequences).nll(test.sequences)
     else:
-        result.update(_caption_figures(model, data, beam_size))
+        result.update(_caption_figures(model, data, beam_size, captions_png))
     result["train_sequences"] = len(train_seqs)
     return result
 
 
-def _caption_figures(model, data: GenerationData, beam_size: int) -> dict:
+def _caption_figures(model, data: GenerationData, beam_size: int, captions_png) -> dict:
     words = [DIGIT_WORDS[d] for d in data.extra["test_digits"]]
     images = torch.as_tensor(data.extra["test_images"])
     greedy = ["".join(data.vocab.decode(r)) for r in greedy_batch(model, images, 12)]
@@ -99,4 +100,17 @@ def _caption_figures(model, data: GenerationData, beam_size: int) -> dict:
     # the RBF SVM of scikit-learn's own digits example (gamma=0.001 on the raw 0..16 pixels)
     svm = SVC(gamma=0.001).fit(data.extra["train_images"], data.extra["train_digits"])
     figures["svm_accuracy"] = float(np.mean(svm.predict(data.extra["test_images"]) == data.extra["test_digits"]))
+    if captions_png is not None:
+        figures["captions_png"] = str(plot_digit_captions(data, greedy, words, captions_png))
     return figures
+
+
+def plot_digit_captions(data: GenerationData, captions: list[str], words: list[str], path, count: int = 40):
+    """The held-out images the model got wrong first, then right ones, up to ``count``, with their captions."""
+    from rnnkit.plots import plot_captions
+
+    order = sorted(range(len(words)), key=lambda i: captions[i] == words[i])[:count]
+    images = data.extra["test_images"].reshape(-1, 8, 8)
+    wrong = sum(c != w for c, w in zip(captions, words, strict=True))
+    return plot_captions(images[order], [captions[i] for i in order], [words[i] for i in order], path,
+                         title=f"greedy captions of held-out digits: {len(words) - wrong} of {len(words)} exact")

@@ -142,3 +142,23 @@ def plot_piano_roll(notes, path: Path, title: str = "") -> Path:
     if title:
         ax.set_title(title)
     return save_figure(fig, path)
+
+
+def plot_captions(images, captions: list[str], truths: list[str], path: Path, title: str = "",
+                  columns: int = 10) -> Path:
+    """A grid of small grey images ``(N, H, W)`` with the caption generated for each under it; a wrong caption is
+    red with the truth beside it."""
+    n = len(images)
+    rows = max(1, math.ceil(n / columns))
+    fig, axes = subplots(rows, columns, figsize=(columns * 1.1, rows * 1.35), dpi=100, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(images[k], cmap="gray_r", interpolation="nearest")
+        right = captions[k] == truths[k]
+        ax.set_title(captions[k] if right else f"{captions[k]}\n({truths[k]})", fontsize=8,
+                     color="black" if right else "red")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)

@@ -68,6 +68,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("eval", help="held-out figures against classical peers (n-gram models, an SVM)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--beam", type=int, default=5, metavar="K", help="digits: beam size scored beside greedy (5)")
+    p.add_argument("--captions-png", type=Path, metavar="FILE",
+                   help="digits: where to draw held-out images with their captions (default: RUN_DIR/captions.png)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
@@ -79,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from rnnkit.checkpoint import FORMAT_VERSION, MODEL, TRAINER_STATE, build_model, read_config
     from rnnkit.data.conditional import GenerationSpec, SequenceVocab, load_generation
-    from rnnkit.models.conditional import ConditionalGenerator, ConditionalGeneratorConfig
+    from rnnkit.models.conditional import ConditionalGeneratorConfig, build_generator
     from rnnkit.train.batches import BatchTrainConfig, ConditionedTrainer
 
     model_flags, train_flags = given(args, args.model_flags), given(args, args.train_flags)
@@ -113,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         torch.manual_seed(train_config.seed)
         sizes = ({"num_classes": len(data.classes)} if data.classes else
                  {"condition_size": data.condition_size, "image_shape": data.image_shape})
-        model = ConditionalGenerator(ConditionalGeneratorConfig(vocab_size=len(data.vocab), **sizes, **model_flags))
+        model = build_generator(ConditionalGeneratorConfig(vocab_size=len(data.vocab), **sizes, **model_flags))
         if data.scaling is not None:
             model.set_scaling(*data.scaling)
         config = {
@@ -125,9 +127,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     start_run(trainer, config, run_dir, bool(args.resume))
 
     m = model.config
+    members = f"{m.members} x " if m.members > 1 else ""
     info(f"data: {data.description}; {len(data.train):,} train / {len(data.val):,} validation / "
          f"{len(data.test):,} held-out sequences")
-    info(f"model: {m.cell.upper()} {m.num_layers}x{m.hidden_size}, condition {m.condition} "
+    info(f"model: {members}{m.cell.upper()} {m.num_layers}x{m.hidden_size}, condition {m.condition} "
          f"({'labels' if m.num_classes else m.encoder + ' encoder'}), {model.num_parameters():,} parameters; "
          f"{train_config.max_steps:,} steps of batch {train_config.batch_size}; run dir {run_dir}")
     summary = trainer.fit()
@@ -261,7 +264,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.beam < 1:
         raise ConfigError(f"--beam must be >= 1 (got {args.beam}) — e.g. --beam 5")
     model, _, config, data = _load(args, splits=True)
-    result = {"data": config["data"]["kind"], **one_to_many.evaluate(model, data, args.beam),
+    png = args.captions_png or args.run_dir / "captions.png"
+    result = {"data": config["data"]["kind"], **one_to_many.evaluate(model, data, args.beam, png),
               "weights": args.weights}
     if args.json:
         print(json.dumps(result))

@@ -1,7 +1,7 @@
 """Task models. Every one returns ``Output(logits, loss, state)`` from ``forward(x, state=None, targets=None)``."""
 
 from rnnkit.models.classifier import SequenceClassifier, SequenceClassifierConfig
-from rnnkit.models.conditional import ConditionalGenerator, ConditionalGeneratorConfig
+from rnnkit.models.conditional import ConditionalGenerator, ConditionalGeneratorConfig, build_generator
 from rnnkit.models.forecaster import ForecasterConfig, SequenceForecaster
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
 from rnnkit.models.output import Output
@@ -11,7 +11,7 @@ MODEL_KINDS = {
     "language_model": (LanguageModel, LanguageModelConfig),
     "classifier": (SequenceClassifier, SequenceClassifierConfig),
     "forecaster": (SequenceForecaster, ForecasterConfig),
-    "conditional_generator": (ConditionalGenerator, ConditionalGeneratorConfig),
+    "conditional_generator": (build_generator, ConditionalGeneratorConfig),
 }
 
 __all__ = [

@@ -11,6 +11,7 @@ C condition vector size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -21,7 +22,7 @@ from rnnkit.data.streams import IGNORE_INDEX
 from rnnkit.errors import ConfigError
 from rnnkit.models.output import Output, check_recurrent_config
 from rnnkit.nn.cells import CELL_TYPES, State
-from rnnkit.nn.recurrent import Recurrent
+from rnnkit.nn.recurrent import Recurrent, map_state
 
 CONDITION_MODES = ("init", "input", "both", "none")
 ENCODERS = ("auto", "mlp", "conv")
@@ -53,9 +54,14 @@ class ConditionalGeneratorConfig:
     zoneout: float = field(default=0.0, metadata={"help": "zoneout probability per unit and step (explicit path)"})
     recurrent_dropout: float = field(
         default=0.0, metadata={"help": "dropout on each step's candidate, lstm/gru (explicit path)"})
+    members: int = field(default=1, metadata={
+        "help": "independently initialised generators trained side by side; their next-token probabilities are "
+                "averaged"})
 
     def __post_init__(self) -> None:
         check_recurrent_config(self)
+        if self.members < 1:
+            raise ConfigError(f"members must be >= 1 (got {self.members}) — 1 trains a single generator")
         if self.condition not in CONDITION_MODES:
             raise ConfigError(f"unknown --condition {self.condition!r} — use one of {', '.join(CONDITION_MODES)}")
         if self.encoder not in ENCODERS:
@@ -217,12 +223,85 @@ class ConditionalGenerator(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+class GeneratorEnsemble(nn.Module):
+    """``members`` ConditionalGenerators whose next-token probabilities are averaged at every step.
+
+    The same interface as one generator. Each member keeps its own condition vector and state; the ensemble's are
+    the members' joined along the last dimension (``(B, M*C)``, ``(L, B, M*H)``), so beam search selects rows of
+    them as of any state. ``logits`` are log mean probabilities. ``loss`` is the members' mean cross-entropy while
+    training, so each member learns on its own, and the cross-entropy of the averaged probabilities in eval mode,
+    so validation scores what the ensemble predicts.
+    """
+
+    def __init__(self, config: ConditionalGeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        one = ConditionalGeneratorConfig(**{**config.to_dict(), "members": 1})
+        self.members = nn.ModuleList(ConditionalGenerator(one) for _ in range(config.members))
+
+    def set_scaling(self, mean, std) -> None:
+        for m in self.members:
+            m.set_scaling(mean, std)
+
+    def encode(self, condition: Tensor | None, batch_size: int) -> Tensor | None:
+        cs = [m.encode(condition, batch_size) for m in self.members]
+        return None if cs[0] is None else torch.cat(cs, dim=-1)
+
+    def _split(self, state: State | None) -> list:
+        if state is None:
+            return [None] * len(self.members)
+        parts = map_state(lambda s: s.chunk(len(self.members), dim=-1), state)
+        return list(zip(*parts, strict=True)) if isinstance(state, tuple) else list(parts)
+
+    def _join(self, states: list) -> State:
+        return map_state(lambda *s: torch.cat(s, dim=-1), *states)
+
+    def _chunks(self, c: Tensor | None) -> list:
+        return [None] * len(self.members) if c is None else list(c.chunk(len(self.members), dim=-1))
+
+    def _mix(self, logits: list[Tensor]) -> Tensor:
+        wide = torch.promote_types(logits[0].dtype, torch.float32)  # bf16 under autocast: mix in fp32
+        logp = torch.stack([lg.to(wide).log_softmax(-1) for lg in logits])  # (M, ..., V)
+        return logp.logsumexp(0) - math.log(len(logits))
+
+    def forward(self, x: Tensor, state: State | None = None, targets: Tensor | None = None,
+                lengths: Tensor | None = None, condition: Tensor | None = None) -> Output:
+        return self._run(x, state, targets, lengths, self.encode(condition, x.shape[0]))
+
+    def _run(self, x, state, targets, lengths, c) -> Output:
+        outs = [m._run(x, s, targets if self.training else None, lengths, ci)
+                for m, s, ci in zip(self.members, self._split(state), self._chunks(c), strict=True)]
+        logits = self._mix([o.logits for o in outs])  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = (torch.stack([o.loss for o in outs]).mean() if self.training else
+                    F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX))
+        return Output(logits, loss, self._join([o.state for o in outs]))
+
+    @torch.no_grad()
+    def _step(self, tokens: Tensor, state: State, c: Tensor | None) -> tuple[Tensor, State]:
+        steps = [m._step(tokens, s, ci) for m, s, ci in zip(self.members, self._split(state), self._chunks(c),
+                                                             strict=True)]
+        return self._mix([lg for lg, _ in steps]), self._join([s for _, s in steps])
+
+    def bind(self, condition, batch: bool = False) -> Conditioned:
+        return Conditioned(self, condition, batch)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_generator(config: ConditionalGeneratorConfig) -> ConditionalGenerator | GeneratorEnsemble:
+    """One generator, or an ensemble of ``config.members``."""
+    return ConditionalGenerator(config) if config.members == 1 else GeneratorEnsemble(config)
+
+
 class Conditioned(nn.Module):
     """A ConditionalGenerator with its condition fixed: the ``forward(x, state)`` / ``step(tokens, state)`` of a
     language model, which ``rnnkit.generate`` and ``beam_search`` sample from. One condition serves any batch size;
     a batch of conditions serves batches of its own size."""
 
-    def __init__(self, generator: ConditionalGenerator, condition, batch: bool = False) -> None:
+    def __init__(self, generator: ConditionalGenerator | GeneratorEnsemble, condition, batch: bool = False) -> None:
         super().__init__()
         self.generator = generator
         if condition is not None:
