@@ -27,8 +27,9 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="rnnkit", description="Recurrent neural networks: language models, classifiers and "
-                                               "forecasters — train, evaluate, sample, serve, export.")
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks: language models, classifiers, "
+                                               "forecasters and conditional generators — train, evaluate, sample, "
+                                               "serve, export.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMANDS:

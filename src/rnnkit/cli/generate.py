@@ -195,7 +195,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         else:
             print(text if score is None else f"{text}\t{score:.3f}")
     if music_out:
-        _write_music(args, outputs[0][0], mode or "major")
+        start = f", after the opening bar of {opening.name}" if args.opening is not None else ""
+        _write_music(args, outputs[0][0], mode or "major", f"generated melody ({mode or 'major'}{start})")
     return 0
 
 
@@ -245,15 +246,15 @@ def _opening(data, name: str):
     return m
 
 
-def _write_music(args: argparse.Namespace, tokens: list[str], mode: str) -> None:
+def _write_music(args: argparse.Namespace, tokens: list[str], mode: str, title: str) -> None:
     from rnnkit.data.music import write_melody
     from rnnkit.plots import plot_piano_roll
 
     if args.midi or args.musicxml:
-        write_melody(tokens, mode, args.midi, args.musicxml)
+        write_melody(tokens, mode, args.midi, args.musicxml, title=title)
         info(f"wrote {', '.join(str(p) for p in (args.midi, args.musicxml) if p)}")
     if args.piano_roll:
-        plot_piano_roll(tokens, args.piano_roll, title=f"generated melody ({mode})")
+        plot_piano_roll(tokens, args.piano_roll, title=title)
         info(f"wrote {args.piano_roll}")
 
 
