@@ -6,8 +6,8 @@ settings. Both kinds of tokens read text through one word splitter: ``¿`` ``¡`
 of their own, an inner apostrophe starts a word (``I'm`` -> ``i 'm``, ``Tom's`` -> ``tom 's``), an inner hyphen
 becomes the joiner ``@-@``; ``decode`` glues them back into ordinary text, which is what sacreBLEU scores.
 ``word``: the ``vocab_size`` most frequent words of each side's training part, the rest ``<unk>``; ``bpe``: those words
-cut into subwords by a ``tokenizers`` BPE model trained on the training part (so punctuation never merges with
-letters, and whole words end in ``</w>``). Shape letters: B batch, S source time, T target time (longest target + 1).
+cut into subwords by a ``tokenizers`` BPE model trained on the training part (punctuation never merges with letters;
+a piece that starts a word starts with ``▁``). Shapes: B batch, S source time, T target time (longest target + 1).
 """
 
 from __future__ import annotations
@@ -34,13 +34,15 @@ SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 TOKENS = ("word", "bpe")
 SCHEME = 1  # version of the word splitter, saved with each tokenizer
 JOINER = "@-@"  # an inner hyphen (rock-and-roll), glued to both neighbours on decoding
-EOW = "</w>"  # bpe: the end-of-word suffix
+MARK = "\u2581"  # bpe: '▁', the start of a word (SentencePiece's mark)
 _ODD = re.compile("[\u2018\u2019\u201c\u201d\u200b\ufeff]")
 _ODD_AS = {"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u200b": "", "\ufeff": ""}
 _HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
-_WORD = re.compile(r"@-@|\d+(?:[.,:]\d+)+|(?<=\w)'\w+|\w+|[^\w\s]")  # 3,000 and 7:30 stay whole
-_NO_SPACE_BEFORE = set(".,;:?!%)]}»…")
-_NO_SPACE_AFTER = set("¿¡([{«$")
+# whole: the joiner, 3,000 7:30 20/20, p.m. U.S.; a word; an inner apostrophe and what follows; any other mark
+_WORD = re.compile(r"@-@|\d+(?:[.,:/]\d+)+|(?<!\w)(?:[^\W\d_]\.){2,}|(?<=\w)'\w+|\w+|[^\w\s]")
+_NO_SPACE_BEFORE = set(".,;:?!%)]}»…°")
+_NO_SPACE_AFTER = set("¿¡([{«")
+_CURRENCY = set("$€£")  # glued to a number that follows ($30), spaced otherwise (30 $)
 
 
 def normalise(text: str, lowercase: bool = True) -> str:
@@ -61,20 +63,23 @@ def split_words(text: str, lowercase: bool = True) -> list[str]:
     return _split(normalise(text, lowercase))
 
 
-def join_words(words: Iterable[str]) -> str:
-    """The inverse of ``split_words``: no space before . , ? ! ; : nor after ¿ ¡, quotes paired, ``'s`` attached."""
+def join_words(words: Sequence[str]) -> str:
+    """The inverse of ``split_words``: no space before . , ? ! ; : nor after ¿ ¡, ``"`` paired, ``'s`` attached;
+    a lone ``'`` opens a quote only where a word cannot precede it (the start, after ¿ ...), else it closes one."""
     out: list[str] = []
-    glue, open_quote = True, {'"': False, "'": False}  # glue: no space before the next word
-    for w in words:
+    glue, quote_open = True, False  # glue: no space before the next word
+    for k, w in enumerate(words):
         if w == JOINER:
             out.append("-")
             glue = True
-        elif w in open_quote:
-            out.append(w if glue or open_quote[w] else " " + w)
-            glue = open_quote[w] = not open_quote[w]
+        elif w == '"':
+            out.append(w if glue or quote_open else " " + w)
+            glue = quote_open = not quote_open
         else:
-            out.append(w if glue or w in _NO_SPACE_BEFORE or (w[0] == "'" and len(w) > 1) else " " + w)
-            glue = w in _NO_SPACE_AFTER
+            attach = glue or w in _NO_SPACE_BEFORE or w[0] == "'"
+            out.append(w if attach else " " + w)
+            nxt = words[k + 1][:1] if k + 1 < len(words) else ""
+            glue = w in _NO_SPACE_AFTER or (w == "'" and glue) or (w in _CURRENCY and nxt.isdigit())
     return "".join(out)
 
 
@@ -105,12 +110,12 @@ class Tokenizer:
             ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max(vocab_size - len(SPECIALS), 0)]
             return cls(kind, lowercase, [w for w, _ in ranked])
         tk = _hf()
-        model = tk.Tokenizer(tk.models.BPE(unk_token=SPECIALS[UNK], end_of_word_suffix=EOW))
+        model = tk.Tokenizer(tk.models.BPE(unk_token=SPECIALS[UNK]))
         model.normalizer = tk.normalizers.Sequence([tk.normalizers.NFC()] + [tk.normalizers.Lowercase()] * lowercase)
-        model.pre_tokenizer = tk.pre_tokenizers.WhitespaceSplit()  # its input: split_words joined by spaces
-        model.decoder = tk.decoders.BPEDecoder(suffix=EOW)
-        trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS),
-                                         end_of_word_suffix=EOW, show_progress=False)
+        # its input: split_words joined by spaces; every word gets the mark, so a letter is one symbol anywhere
+        model.pre_tokenizer = tk.pre_tokenizers.Metaspace(replacement=MARK, prepend_scheme="always")
+        model.decoder = tk.decoders.Metaspace(replacement=MARK, prepend_scheme="always")
+        trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
         # each distinct word as often as it occurs, a few thousand per string: the same counts, far fewer calls
         stream = [w for w, n in sorted(counts.items()) for _ in range(n)]
         model.train_from_iterator((" ".join(stream[i:i + 4096]) for i in range(0, len(stream), 4096)), trainer)
@@ -147,8 +152,7 @@ class Tokenizer:
                 content.append(i)
         if self.model is None:
             return join_words(self.pieces(content))
-        tokens = [SPECIALS[UNK] + EOW if i == UNK else self.model.id_to_token(i) for i in content]
-        return join_words(self.model.decoder.decode(tokens).split())
+        return join_words(self.model.decoder.decode(self.pieces(content)).split())
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "scheme": SCHEME, "lowercase": self.lowercase}
