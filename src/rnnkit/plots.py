@@ -162,3 +162,18 @@ def plot_captions(images, captions: list[str], truths: list[str], path: Path, ti
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
+
+
+def plot_attention(weights, source: list[str], output: list[str], path: Path, title: str = "") -> Path:
+    """An attention matrix ``(len(output), len(source))``: one row per generated token, how much it read each
+    source token."""
+    rows, cols = len(output), len(source)
+    fig, ax = subplots(figsize=(max(4.0, 0.55 * cols + 2), max(3.0, 0.45 * rows + 1.5)), dpi=100)
+    ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(cols), source, rotation=45, ha="right")
+    ax.set_yticks(range(rows), output)
+    ax.set_xlabel("source")
+    ax.set_ylabel("translation")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return save_figure(fig, path)

@@ -21,6 +21,7 @@ COMMANDS = (
     "rnnkit.cli.classify",  # classify train|eval|predict
     "rnnkit.cli.forecast",  # forecast train|predict|eval
     "rnnkit.cli.generate",  # generate train|sample|eval
+    "rnnkit.cli.translate",  # translate train|translate|eval
     "rnnkit.cli.web",  # serve, visualize
     "rnnkit.cli.export",  # export --onnx
 )
@@ -28,8 +29,8 @@ COMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rnnkit", description="Recurrent neural networks: language models, classifiers, "
-                                               "forecasters and conditional generators — train, evaluate, sample, "
-                                               "serve, export.")
+                                               "forecasters, conditional generators and translators — train, "
+                                               "evaluate, sample, serve, export.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMANDS:

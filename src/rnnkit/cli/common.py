@@ -35,3 +35,34 @@ def start_run(trainer, config: dict, run_dir: Path, resume: bool) -> None:
     config["train"] = trainer.config.to_dict()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, config)
+
+
+def resumed_config(args: argparse.Namespace, kind: str, data_flags: tuple[str, ...], model_flags: dict):
+    """``(run_dir, config)`` of the run ``--resume`` names. A data flag, another ``--out`` or a changed model flag
+    is refused (ConfigError): a run keeps the data and the model it started with."""
+    from rnnkit.checkpoint import read_config
+    from rnnkit.errors import ConfigError
+
+    run_dir = args.resume
+    config = read_config(run_dir, kind=kind)
+    refused = [f"--{f.replace('_', '-')}" for f in data_flags if getattr(args, f) is not None]
+    refused += ["--out"] if args.out not in (None, run_dir) else []
+    refused += [f"--{k.replace('_', '-')}" for k, v in model_flags.items() if config["model"].get(k) != v]
+    if refused:
+        raise ConfigError(f"{refused[0]} cannot be given when resuming: the run keeps its data and model — drop it, "
+                          "or start a new --out")
+    return run_dir, config
+
+
+def new_run_dir(args: argparse.Namespace, prefix: str) -> Path:
+    """``--out``, or ``runs/<prefix>-<date-time>``; a directory that already holds a run is refused."""
+    import time
+
+    from rnnkit.checkpoint import MODEL, TRAINER_STATE
+    from rnnkit.errors import ConfigError
+
+    run_dir = args.out or Path("runs") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
+        raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
+                          "or choose another --out")
+    return run_dir

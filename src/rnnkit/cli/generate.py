@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, start_run
+from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run
 from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError
 
@@ -79,21 +78,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from rnnkit.checkpoint import FORMAT_VERSION, MODEL, TRAINER_STATE, build_model, read_config
+    from rnnkit.checkpoint import FORMAT_VERSION, build_model
     from rnnkit.data.conditional import GenerationSpec, SequenceVocab, load_generation
     from rnnkit.models.conditional import ConditionalGeneratorConfig, build_generator
     from rnnkit.train.batches import BatchTrainConfig, ConditionedTrainer
 
     model_flags, train_flags = given(args, args.model_flags), given(args, args.train_flags)
     if args.resume:
-        run_dir = args.resume
-        config = read_config(run_dir, kind=KIND)
-        refused = [f"--{f.replace('_', '-')}" for f in DATA_FLAGS if getattr(args, f) is not None]
-        refused += ["--out"] if args.out not in (None, run_dir) else []
-        changed = [f"--{k.replace('_', '-')}" for k, v in model_flags.items() if config["model"].get(k) != v]
-        if refused or changed:
-            raise ConfigError(f"{(refused + changed)[0]} cannot be given when resuming: the run keeps its data and "
-                              "model — drop it, or start a new --out")
+        run_dir, config = resumed_config(args, KIND, DATA_FLAGS, model_flags)
         spec = GenerationSpec(**config["data"]["spec"])
         data = load_generation(spec, SequenceVocab.from_dict(config["vocab"]), config["classes"], verify=True)
         train_config = BatchTrainConfig.resumed(config["train"], train_flags)
@@ -102,10 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.data:
             raise ConfigError("no data given — pass --data PATH (a folder of <label>.txt files), digits or "
                               "bach-chorales")
-        run_dir = args.out or Path("runs") / time.strftime("generate-%Y%m%d-%H%M%S")
-        if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
-            raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
-                              "or choose another --out")
+        run_dir = new_run_dir(args, "generate")
         options = {f: getattr(args, f) for f in DATA_FLAGS[1:] if getattr(args, f) is not None}
         spec = GenerationSpec(args.data, **options)
         train_config = BatchTrainConfig(**train_flags)

@@ -188,3 +188,56 @@ def sequence_nll(model: nn.Module, sequences, device: torch.device, batch_size: 
         total += out.loss.item() * int((b.y != IGNORE_INDEX).sum())
     model.train(was_training)
     return total / sequences.num_targets()
+
+
+class TranslationTrainer(BatchTrainer):
+    """Trains a ``Seq2Seq`` model on ``Pairs`` (``rnnkit.data.translation``): batches of pairs with similar source
+    lengths (little padding), shuffled per epoch; loss and validation per target token; best = lowest loss.
+    ``--epochs`` counts ``len(train) // batch_size`` steps an epoch, about the number of length buckets."""
+
+    def __init__(self, model: nn.Module, train, val, config: BatchTrainConfig, run_dir: str | Path,
+                 show_progress: bool = True) -> None:
+        super().__init__(model, train, val, config, run_dir, classes=False, show_progress=show_progress)
+        self._epoch_batches: list | None = None
+
+    def _batches_of(self, epoch: int) -> list:
+        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
+            self._epoch_batches = (epoch, self.train_examples.length_batches(self.config.batch_size,
+                                                                             self.config.seed, epoch))
+        return self._epoch_batches[1]
+
+    def _next_batch(self):
+        if self.index >= len(self._batches_of(self.epoch)):
+            self.epoch, self.index = self.epoch + 1, 0
+        picked = self._batches_of(self.epoch)[self.index]
+        self.index += 1
+        return self.train_examples.batch(picked).to(self.device)
+
+    def train_step(self) -> tuple[float, float, int]:
+        batch = self._next_batch()
+        self.model.train()
+        with self.autocast():
+            out = self.model(batch.src, None, batch.tgt_out, lengths=batch.src_lengths, tgt_in=batch.tgt_in)
+        norm = self.optimize(out.loss)
+        return out.loss.item(), norm, int((batch.tgt_out != IGNORE_INDEX).sum())
+
+    def validate(self) -> dict:
+        return {"val_loss": translation_nll(self.model, self.val_examples, self.device, self.config.batch_size)}
+
+    def restore_position(self, meta: dict, tensors: dict[str, Tensor]) -> None:
+        self.epoch, self.index = meta["epoch"], meta["index"]
+
+
+@torch.no_grad()
+def translation_nll(model: nn.Module, pairs, device: torch.device, batch_size: int = 64) -> float:
+    """Mean negative log-likelihood per target token (EOS included), teacher-forced."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for b in pairs.batches(batch_size):
+        b = b.to(device)
+        out = model(b.src, None, b.tgt_out, lengths=b.src_lengths, tgt_in=b.tgt_in)
+        k = int((b.tgt_out != IGNORE_INDEX).sum())
+        total, n = total + out.loss.item() * k, n + k
+    model.train(was_training)
+    return total / max(n, 1)
