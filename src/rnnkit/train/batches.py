@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from rnnkit.data.labeled import Batch, Examples
+from rnnkit.data.labeled import Examples
 from rnnkit.data.streams import IGNORE_INDEX
 from rnnkit.errors import ConfigError, CorpusError
 from rnnkit.train.distributed import world_size
@@ -73,23 +73,26 @@ class BatchTrainer(LoopTrainer):
         super().__init__(model, config, run_dir, show_progress)
         self.train_examples, self.val_examples = train, val
         self.epoch = self.index = 0  # index: the next batch within this epoch's order
-        self._order: np.ndarray | None = None
+        self._batches: tuple[int, list[np.ndarray]] | None = None  # (epoch, its batches)
 
     @staticmethod
     def steps_per_epoch(n: int, batch_size: int) -> int:
         return max(1, n // batch_size)  # the last partial batch is dropped: it would weigh its few examples more
 
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_examples))
-
-    def _next_batch(self) -> Batch:
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The example indices of each batch of ``epoch``, in order: a permutation seeded by (seed, epoch), cut
+        into ``batch_size`` pieces. A function of the epoch alone, so a resumed run draws the same batches."""
         B = self.config.batch_size
-        if self._order is None:
-            self._order = self._epoch_order(self.epoch)
-        if self.index >= self.steps_per_epoch(len(self.train_examples), B):
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_examples))
+        return [order[k * B:(k + 1) * B] for k in range(self.steps_per_epoch(len(order), B))]
+
+    def _next_batch(self):
+        if self._batches is None or self._batches[0] != self.epoch:
+            self._batches = (self.epoch, self.epoch_batches(self.epoch))
+        if self.index >= len(self._batches[1]):
             self.epoch, self.index = self.epoch + 1, 0
-            self._order = self._epoch_order(self.epoch)
-        picked = self._order[self.index * B:(self.index + 1) * B]
+            self._batches = (self.epoch, self.epoch_batches(self.epoch))
+        picked = self._batches[1][self.index]
         self.index += 1
         return self.train_examples.batch(picked).to(self.device)
 
@@ -122,7 +125,6 @@ class BatchTrainer(LoopTrainer):
 
     def restore_position(self, meta: dict, tensors: dict[str, Tensor]) -> None:
         self.epoch, self.index = meta["epoch"], meta["index"]
-        self._order = self._epoch_order(self.epoch)
 
 
 @torch.no_grad()
@@ -198,20 +200,9 @@ class TranslationTrainer(BatchTrainer):
     def __init__(self, model: nn.Module, train, val, config: BatchTrainConfig, run_dir: str | Path,
                  show_progress: bool = True) -> None:
         super().__init__(model, train, val, config, run_dir, classes=False, show_progress=show_progress)
-        self._epoch_batches: list | None = None
 
-    def _batches_of(self, epoch: int) -> list:
-        if self._epoch_batches is None or self._epoch_batches[0] != epoch:
-            self._epoch_batches = (epoch, self.train_examples.length_batches(self.config.batch_size,
-                                                                             self.config.seed, epoch))
-        return self._epoch_batches[1]
-
-    def _next_batch(self):
-        if self.index >= len(self._batches_of(self.epoch)):
-            self.epoch, self.index = self.epoch + 1, 0
-        picked = self._batches_of(self.epoch)[self.index]
-        self.index += 1
-        return self.train_examples.batch(picked).to(self.device)
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        return self.train_examples.length_batches(self.config.batch_size, self.config.seed, epoch)
 
     def train_step(self) -> tuple[float, float, int]:
         batch = self._next_batch()
@@ -224,8 +215,6 @@ class TranslationTrainer(BatchTrainer):
     def validate(self) -> dict:
         return {"val_loss": translation_nll(self.model, self.val_examples, self.device, self.config.batch_size)}
 
-    def restore_position(self, meta: dict, tensors: dict[str, Tensor]) -> None:
-        self.epoch, self.index = meta["epoch"], meta["index"]
 
 
 @torch.no_grad()
