@@ -58,7 +58,7 @@ def evaluate(model, data: GenerationData, beam_size: int = 5, captions_png=None)
     if labelled:
         uncond = model.config.condition == "none" or model.config.condition_dropout > 0
         result["val_nll_unconditioned"] = sequence_nll(model, test, device, unconditioned=True) if uncond else None
-    kind = "digits" if data.condition_size else ("music" if "test_melodies" in data.extra else "text")
+    kind = data.kind
     V = len(data.vocab)
     train_seqs = [*data.train.sequences, *data.val.sequences]
     if kind == "text":

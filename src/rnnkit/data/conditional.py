@@ -162,6 +162,7 @@ class GenerationData:
     test_names: list[str]  # what each test example is (a name's label, an image index, a chorale)
     description: str
     extra: dict = field(default_factory=dict)  # per-source: test images for digits, test melodies for music
+    kind: str = "text"  # GenerationSpec.kind: text, digits or music
 
 
 def load_generation(spec: GenerationSpec, vocab: SequenceVocab | None = None, classes: list[str] | None = None,
@@ -239,7 +240,7 @@ def _load_digits(spec: GenerationSpec, vocab) -> GenerationData:
                           f"scikit-learn digits: {len(y):,} 8x8 images captioned with their English word",
                           {"test_index": parts[2], "train_images": images[np.sort(rest)],
                            "train_digits": y[np.sort(rest)], "test_images": images[parts[2]],
-                           "test_digits": y[parts[2]]})
+                           "test_digits": y[parts[2]]}, "digits")
 
 
 def _load_chorales(spec: GenerationSpec, vocab) -> GenerationData:
@@ -255,4 +256,4 @@ def _load_chorales(spec: GenerationSpec, vocab) -> GenerationData:
                           [melodies[i].name for i in parts[2]],
                           f"Bach chorales (music21 corpus): {len(melodies)} soprano melodies, "
                           f"{len(vocab) - 1} tokens",
-                          {"test_melodies": [melodies[i] for i in parts[2]]})
+                          {"test_melodies": [melodies[i] for i in parts[2]]}, "music")

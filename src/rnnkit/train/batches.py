@@ -97,13 +97,22 @@ class BatchTrainer(LoopTrainer):
         return self.train_examples.batch(picked).to(self.device)
 
     # -- the LoopTrainer hooks -------------------------------------------------------------------------------
+    def forward(self, batch):
+        """The model on one training batch, with its targets (task trainers feed their own kinds of batch)."""
+        return self.model(batch.x, None, batch.y, lengths=batch.lengths)
+
+    @staticmethod
+    def tokens(batch) -> int:
+        """Steps a batch trains on, for tokens/s: its input steps (a framed sequence: one per predicted token)."""
+        return int(batch.lengths.sum())
+
     def train_step(self) -> tuple[float, float, int]:
         batch = self._next_batch()
         self.model.train()
         with self.autocast():
-            out = self.model(batch.x, None, batch.y, lengths=batch.lengths)
+            out = self.forward(batch)
         norm = self.optimize(out.loss)
-        return out.loss.item(), norm, int(batch.lengths.sum())
+        return out.loss.item(), norm, self.tokens(batch)
 
     def validate(self) -> dict:
         loss, correct = evaluate_examples(self.model, self.val_examples, self.device, self.config.batch_size * 4)
@@ -164,32 +173,19 @@ class ConditionedTrainer(BatchTrainer):
                  show_progress: bool = True) -> None:
         super().__init__(model, train, val, config, run_dir, classes=False, show_progress=show_progress)
 
-    def train_step(self) -> tuple[float, float, int]:
-        batch = self._next_batch()
-        self.model.train()
-        with self.autocast():
-            out = self.model(batch.x, None, batch.y, lengths=batch.lengths, condition=batch.condition)
-        norm = self.optimize(out.loss)
-        return out.loss.item(), norm, int(batch.lengths.sum())
+    def forward(self, batch):
+        return self.model(batch.x, None, batch.y, lengths=batch.lengths, condition=batch.condition)
 
     def validate(self) -> dict:
         return {"val_loss": sequence_nll(self.model, self.val_examples, self.device, self.config.batch_size * 4)}
 
 
-@torch.no_grad()
 def sequence_nll(model: nn.Module, sequences, device: torch.device, batch_size: int = 256,
                  unconditioned: bool = False) -> float:
     """Mean negative log-likelihood per predicted token (nats) of ``sequences`` (``ConditionedSequences``) under a
     ``ConditionalGenerator``; ``unconditioned`` scores them with no label (the model's "no label" row)."""
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    for b in sequences.batches(batch_size):
-        b = b.to(device)
-        out = model(b.x, None, b.y, lengths=b.lengths, condition=None if unconditioned else b.condition)
-        total += out.loss.item() * int((b.y != IGNORE_INDEX).sum())
-    model.train(was_training)
-    return total / sequences.num_targets()
+    return _token_nll(model, sequences.batches(batch_size), device, BatchTrainer.tokens, lambda b: model(
+        b.x, None, b.y, lengths=b.lengths, condition=None if unconditioned else b.condition))
 
 
 class TranslationTrainer(BatchTrainer):
@@ -204,29 +200,35 @@ class TranslationTrainer(BatchTrainer):
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return self.train_examples.length_batches(self.config.batch_size, self.config.seed, epoch)
 
-    def train_step(self) -> tuple[float, float, int]:
-        batch = self._next_batch()
-        self.model.train()
-        with self.autocast():
-            out = self.model(batch.src, None, batch.tgt_out, lengths=batch.src_lengths, tgt_in=batch.tgt_in)
-        norm = self.optimize(out.loss)
-        return out.loss.item(), norm, int((batch.tgt_out != IGNORE_INDEX).sum())
+    def forward(self, batch):
+        return self.model(batch.src, None, batch.tgt_out, lengths=batch.src_lengths, tgt_in=batch.tgt_in)
+
+    tokens = staticmethod(lambda batch: target_tokens(batch))  # predicted tokens: sources are not trained on
 
     def validate(self) -> dict:
         return {"val_loss": translation_nll(self.model, self.val_examples, self.device, self.config.batch_size)}
 
 
-
-@torch.no_grad()
 def translation_nll(model: nn.Module, pairs, device: torch.device, batch_size: int = 64) -> float:
     """Mean negative log-likelihood per target token (EOS included), teacher-forced."""
+    return _token_nll(model, pairs.batches(batch_size), device, target_tokens, lambda b: model(
+        b.src, None, b.tgt_out, lengths=b.src_lengths, tgt_in=b.tgt_in))
+
+
+def target_tokens(batch) -> int:
+    """A translation batch's predicted tokens (EOS included, padding not)."""
+    return int((batch.tgt_out != IGNORE_INDEX).sum())
+
+
+@torch.no_grad()
+def _token_nll(model: nn.Module, batches, device: torch.device, count, run) -> float:
+    """The loss of ``run(batch)`` (a mean over its ``count(batch)`` targets), weighted by them: nats per token."""
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
-    for b in pairs.batches(batch_size):
+    for b in batches:
         b = b.to(device)
-        out = model(b.src, None, b.tgt_out, lengths=b.src_lengths, tgt_in=b.tgt_in)
-        k = int((b.tgt_out != IGNORE_INDEX).sum())
-        total, n = total + out.loss.item() * k, n + k
+        k = count(b)
+        total, n = total + run(b).loss.item() * k, n + k
     model.train(was_training)
     return total / max(n, 1)
