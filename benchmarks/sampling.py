@@ -26,12 +26,12 @@ from rnnkit.generate import FastStepper, next_token  # noqa: E402
 from rnnkit.models import LanguageModel, LanguageModelConfig  # noqa: E402
 
 
-def sampler(step, state, B, n, V, seed=0):
-    g = torch.Generator().manual_seed(seed)
+def sampler(step, state, B, n, V, seed=0, device="cpu"):
+    g = torch.Generator(device=device).manual_seed(seed)
 
     @torch.inference_mode()
     def run():
-        s, logits = state(), torch.zeros(B, V)
+        s, logits = state(), torch.zeros(B, V, device=device)
         for _ in range(n):
             tok = next_token(logits, 0.8, None, None, g)
             logits, s = step(tok, s)

@@ -39,12 +39,17 @@ class RawLSTM(nn.Module):
         return self.head(y), h
 
 
-def raw_loop(ids, V, B, T, precision, steps):
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def raw_loop(ids, V, B, T, precision, steps, device="cpu"):
     torch.manual_seed(0)
-    model = RawLSTM(V, 128, 512, 2)
+    model = RawLSTM(V, 128, 512, 2).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     n = (len(ids) - 1) // B
-    data = torch.from_numpy(ids[: n * B + 1].astype("int64"))
+    data = torch.from_numpy(ids[: n * B + 1].astype("int64")).to(device)
     xs, ys = data[:-1].view(B, n), data[1:].view(B, n)
     state = {"h": None, "k": 0}
 
@@ -52,7 +57,7 @@ def raw_loop(ids, V, B, T, precision, steps):
         for _ in range(steps):
             k = state["k"] % (n // T)
             x, y = xs[:, k * T:(k + 1) * T], ys[:, k * T:(k + 1) * T]
-            with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16"):
                 logits, h = model(x, state["h"])
             loss = nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
             opt.zero_grad(set_to_none=True)
@@ -60,32 +65,42 @@ def raw_loop(ids, V, B, T, precision, steps):
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             state["h"], state["k"] = tuple(t.detach() for t in h), state["k"] + 1
+        sync(device)
         return steps * B * T
 
     return run
 
 
-def rnnkit_loop(ids, V, B, T, precision, steps, run_dir):
+def rnnkit_loop(ids, V, B, T, precision, steps, run_dir, device="cpu"):
     torch.manual_seed(0)
     model = LanguageModel(LanguageModelConfig(vocab_size=V))
     train, val = split_tokens(ids)
-    trainer = Trainer(model, train, val, TrainConfig(batch_size=B, seq_len=T, precision=precision, device="cpu",
+    trainer = Trainer(model, train, val, TrainConfig(batch_size=B, seq_len=T, precision=precision, device=device,
                                                      max_steps=10**9), run_dir, show_progress=False)
 
     def run():
-        return sum(trainer.train_step()[2] for _ in range(steps))
+        tokens = sum(trainer.train_step()[2] for _ in range(steps))
+        sync(device)
+        return tokens
 
     return run
 
 
-def layer_loop(cell, path, B=32, T=128, H=512, L=2):
+def layer_loop(cell, path, B=32, T=128, H=512, L=2, device="cpu", precision="fp32", compile_steps=False,
+               **cell_options):
+    """``compile_steps``: each cell's ``step`` through ``torch.compile`` (its pointwise ops fused)."""
     torch.manual_seed(0)
-    layer = Recurrent(cell, H, H, L, path=path)
-    x = torch.randn(B, T, H)
+    layer = Recurrent(cell, H, H, L, path=path, **cell_options).to(device)
+    if compile_steps:
+        for c in layer.cells:
+            c.step = torch.compile(c.step, dynamic=False)
+    x = torch.randn(B, T, H, device=device)
 
     def run():
-        y, _ = layer(x)
-        y.sum().backward()
+        with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=precision == "bf16"):
+            y, _ = layer(x)
+        y.float().sum().backward()
+        sync(device)
         return B * T
 
     return run

@@ -109,7 +109,8 @@ def test_learns_a_seasonal_series(mode, tmp_path):
     model = SequenceForecaster(ForecasterConfig(input_size=1, horizon=12, hidden_size=16, cell="gru", season=12,
                                                 mode=mode))
     model.fit_scaling([train])
-    config = BatchTrainConfig(batch_size=16, lr=3e-3, epochs=15, eval_interval=20, precision="fp32", warmup_steps=5)
+    config = BatchTrainConfig(batch_size=16, lr=3e-3, epochs=15, eval_interval=20, precision="fp32", warmup_steps=5,
+                              device="cpu")
     BatchTrainer(model, tr, va, config, tmp_path, classes=False, show_progress=False).fit()
     forecast = model.eval()(torch.tensor(train[-24:], dtype=torch.float32)[None]).logits[0].detach().numpy()
     naive = seasonal_naive(train[:, 0], 12, 12)

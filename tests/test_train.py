@@ -11,7 +11,7 @@ from rnnkit.data import Streams, build_vocab, encode_file, split_tokens
 from rnnkit.errors import ConfigError, CorpusError, TrainingDiverged
 from rnnkit.metrics import MetricsLog
 from rnnkit.models import LanguageModel, LanguageModelConfig
-from rnnkit.train import TrainConfig, Trainer, detach_state, evaluate
+from rnnkit.train import TrainConfig, Trainer, detach_state, evaluate, resolve_device
 
 
 def tokens_of(path, n=None):
@@ -108,15 +108,22 @@ def test_resume_is_exact(small_corpus, tmp_path, cell):
     assert steps == sorted(set(steps))
 
 
-def test_nan_stops_training_and_keeps_the_last_checkpoint(small_corpus, tmp_path):
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked-each-step", "deferred-as-on-a-gpu"])
+def test_nan_stops_training_and_keeps_the_last_checkpoint(small_corpus, tmp_path, deferred):
+    """On a GPU the checks are queued and read once per log interval (4 here, eval every 3): the error still names
+    the first bad step, and no checkpoint after it is written."""
     vocab, ids = tokens_of(small_corpus, 4000)
-    trainer = make_trainer(make_model(len(vocab)), ids, tmp_path / "run", max_steps=30)
+    trainer = make_trainer(make_model(len(vocab)), ids, tmp_path / "run", max_steps=30, log_interval=4,
+                           eval_interval=3)
+    trainer.defer_checks = deferred
     trainer.fit(until_step=10)
     files = {n: (tmp_path / "run" / n).read_bytes() for n in (MODEL, BEST, TRAINER_STATE)}
     with torch.no_grad():
         trainer.model.head.bias[0] = float("nan")
-    with pytest.raises(TrainingDiverged, match="untouched"):
+    with pytest.raises(TrainingDiverged, match="the loss became nan at step 11;.*untouched"):
         trainer.fit()
+    assert trainer.step == (12 if deferred else 10)  # deferred: steps 11 and 12 ran, the read at 12 caught it
+    assert not trainer._unchecked
     for name, data in files.items():
         assert (tmp_path / "run" / name).read_bytes() == data, name
 
@@ -168,8 +175,19 @@ def test_errors(small_corpus, tmp_path):
                 dict(precision="fp8"), dict(min_lr_ratio=2)):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
-    with pytest.raises(ConfigError, match="no CUDA"):
-        make_trainer(make_model(len(vocab)), ids, tmp_path / "run", device="cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            make_trainer(make_model(len(vocab)), ids, tmp_path / "run", device="cuda")
+
+
+@pytest.mark.parametrize("gpus, processes, expected", [(0, "1", "cpu"), (1, "1", "cuda"), (1, "2", "cpu"),
+                                                       (2, "2", "cuda")])
+def test_auto_device_gives_each_process_a_gpu_or_takes_the_cpu(monkeypatch, gpus, processes, expected):
+    """Two torchrun processes on a one-GPU machine train on the CPU instead of both claiming cuda:0 and cuda:1."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+    assert resolve_device("auto").type == expected
 
 
 def test_learns_real_text(shakespeare, tmp_path):

@@ -64,7 +64,8 @@ class BatchTrainer(LoopTrainer):
         if len(train) == 0 or len(val) == 0:
             raise CorpusError(f"{len(train)} training and {len(val)} validation examples — both need at least one")
         self.classes = classes
-        self.extra_metrics = ("val_accuracy",) if classes else ()
+        if classes:
+            self.extra_metrics = ("val_accuracy",)
         if config.epochs is not None:
             steps = math.ceil(config.epochs * self.steps_per_epoch(len(train), config.batch_size))
             config.max_steps = min(config.max_steps or steps, steps)
@@ -106,13 +107,13 @@ class BatchTrainer(LoopTrainer):
         """Steps a batch trains on, for tokens/s: its input steps (a framed sequence: one per predicted token)."""
         return int(batch.lengths.sum())
 
-    def train_step(self) -> tuple[float, float, int]:
+    def train_step(self) -> tuple[Tensor, Tensor, int]:
         batch = self._next_batch()
         self.model.train()
         with self.autocast():
             out = self.forward(batch)
         norm = self.optimize(out.loss)
-        return out.loss.item(), norm, self.tokens(batch)
+        return out.loss.detach(), norm, self.tokens(batch)
 
     def validate(self) -> dict:
         loss, correct = evaluate_examples(self.model, self.val_examples, self.device, self.config.batch_size * 4)

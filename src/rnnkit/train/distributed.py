@@ -88,7 +88,7 @@ class Ranks:
         was asked to (Ctrl-C). One all-reduce of four numbers."""
         if self.size == 1:
             return loss, tokens, seconds, stop
-        t = torch.tensor([loss / self.size, tokens, seconds if self.is_main else 0.0, float(stop)],
+        t = torch.tensor([float(loss) / self.size, tokens, seconds if self.is_main else 0.0, float(stop)],
                          dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         loss, tokens, seconds, stop = t.tolist()

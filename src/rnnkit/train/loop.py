@@ -13,6 +13,7 @@ through ``self.train_model`` (DDP's wrapper; the model itself in one process) on
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -83,9 +84,12 @@ class LoopConfig:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when there is one; asking for CUDA without one is an error, not a silent fallback."""
+    """``auto`` picks CUDA when there is one GPU for each process torchrun started on this machine, else the CPU;
+    asking for CUDA without one is an error, not a silent fallback."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return torch.device("cuda" if gpus >= per_machine else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -129,11 +133,17 @@ class LoopTrainer(ABC):
         self.last_val: float | None = None
         self.last_figures: dict = {}
         self._stop = False
+        # a GPU queues (step, loss, norm) and reads them once per log interval (see ``optimize``)
+        self.defer_checks = self.device.type == "cuda"
+        self._unchecked: list[tuple[int, Tensor | None, Tensor]] = []
 
     # -- what a task trainer supplies ------------------------------------------------------------------------
     @abstractmethod
-    def train_step(self) -> tuple[float, float, int]:
-        """One update: forward, ``self.optimize(loss)``. Returns (loss, gradient norm, tokens in the batch)."""
+    def train_step(self) -> tuple[Tensor, Tensor, int]:
+        """One update: forward, ``self.optimize(loss)``. Returns (loss, gradient norm, tokens in the batch).
+
+        Loss and norm stay tensors (a float would make the CPU wait for the GPU at every step); tokens is counted
+        on the CPU."""
 
     @abstractmethod
     def validate(self) -> dict:
@@ -171,10 +181,17 @@ class LoopTrainer(ABC):
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, torch.bfloat16, enabled=self.config.precision == "bf16")
 
-    def optimize(self, loss: Tensor) -> float:
-        """Backward, clip, AdamW at the scheduled learning rate; counts the step. Returns the gradient norm."""
-        if not torch.isfinite(loss) and self.ranks.size == 1:  # ranks: the all-reduced norm below, which all share
-            raise self._diverged(f"the loss became {loss.item()}")
+    def optimize(self, loss: Tensor) -> Tensor:
+        """Backward, clip, AdamW at the scheduled learning rate; counts the step. Returns the gradient norm.
+
+        A loss or gradient norm that is not finite raises ``TrainingDiverged``. On the CPU that is checked before
+        the update, so the weights in memory stay good. On a GPU each check would wait for the GPU to finish the
+        step, so the values are queued and read together once per log interval (``check_finite``), always before
+        a checkpoint is written: the bad update may reach the weights in memory, never a checkpoint on disk.
+        """
+        deferred = self.defer_checks
+        if not deferred and self.ranks.size == 1 and not torch.isfinite(loss):  # ranks: the all-reduced norm
+            raise self._diverged(f"the loss became {loss.item()}", self.step + 1)  # below is what all share
         lr = self.lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -182,18 +199,34 @@ class LoopTrainer(ABC):
         loss.backward()
         clip = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        if not torch.isfinite(norm):
-            raise self._diverged(f"the gradient norm became {norm.item()}")
+        if deferred:
+            self._unchecked.append((self.step + 1, loss.detach() if self.ranks.size == 1 else None, norm))
+        elif not torch.isfinite(norm):
+            raise self._diverged(f"the gradient norm became {norm.item()}", self.step + 1)
         self.optimizer.step()
         self.step += 1
-        return norm.item()
+        return norm
 
-    def _diverged(self, what: str) -> TrainingDiverged:
+    def check_finite(self) -> None:
+        """Read the queued losses and gradient norms (one wait for the GPU); raise for the first that is not finite."""
+        if not self._unchecked:
+            return
+        queued, self._unchecked = self._unchecked, []
+        values = torch.stack([torch.stack([loss if loss is not None else norm, norm]).float()
+                              for _, loss, norm in queued])
+        finite = torch.isfinite(values).tolist()
+        for (step, loss, norm), (loss_ok, norm_ok) in zip(queued, finite, strict=True):
+            if not loss_ok:
+                raise self._diverged(f"the loss became {loss.item()}", step)
+            if not norm_ok:
+                raise self._diverged(f"the gradient norm became {norm.item()}", step)
+
+    def _diverged(self, what: str, step: int) -> TrainingDiverged:
         kept = f"the last good checkpoint in {self.run_dir} is untouched" if (self.run_dir / MODEL).exists() else (
             "no checkpoint had been written yet"
         )
         return TrainingDiverged(
-            f"{what} at step {self.step + 1}; {kept} — lower --lr or --grad-clip and resume or train again"
+            f"{what} at step {step}; {kept} — lower --lr or --grad-clip and resume or train again"
         )
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -215,6 +248,8 @@ class LoopTrainer(ABC):
             while self.progress() < 1.0 and not stopping and (until_step is None or self.step < until_step):
                 t0 = time.perf_counter()
                 loss, norm, n = self.train_step()
+                if self.step % c.log_interval == 0:
+                    self.check_finite()  # on a GPU, the wait for the queued steps falls in this step's time
                 dt = time.perf_counter() - t0
                 loss, n, dt, stopping = self.ranks.agree(loss, n, dt, self._stop)  # one process: as they are
                 self.tokens_seen += n
@@ -226,6 +261,7 @@ class LoopTrainer(ABC):
                     figures = self._validate_and_save()
                 if self.step % c.log_interval == 0 or figures:
                     tps = interval_tokens / max(interval_time, 1e-9)
+                    norm, interval_loss = float(norm), float(interval_loss)
                     self.metrics.log(
                         step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3), lr=self.lr(),
                         loss=interval_loss / interval_n, grad_norm=norm, tokens_per_s=round(tps, 1), **figures,
@@ -240,8 +276,9 @@ class LoopTrainer(ABC):
             if self.step % c.eval_interval != 0 and not interrupted:
                 figures = self._validate_and_save()
                 self.metrics.log(step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
-                                 lr=self.lr(), loss=None, grad_norm=norm, tokens_per_s=None, **figures)
+                                 lr=self.lr(), loss=None, grad_norm=float(norm), tokens_per_s=None, **figures)
             elif interrupted:
+                self.check_finite()
                 self.save()
         finally:
             if bar is not None:
@@ -288,6 +325,7 @@ class LoopTrainer(ABC):
         return lambda: signal.signal(signal.SIGINT, previous)
 
     def _validate_and_save(self) -> dict:
+        self.check_finite()  # a step that diverged never reaches a checkpoint
         t0 = time.perf_counter()
         was_training = self.model.training
         self.model.eval()

@@ -132,8 +132,9 @@ class Trainer(LoopTrainer):
         offset = 0 if epoch == 0 else int(rng.integers(self.config.seq_len))
         return Streams(self.train_tokens[offset:], self.config.batch_size, self.config.seq_len)
 
-    def _next_batch(self) -> tuple[Tensor, Tensor, int]:
-        """This rank's rows of the next window, and the number of valid targets in the whole window."""
+    def _next_batch(self) -> tuple[Tensor, Tensor, int, int]:
+        """This rank's rows of the next window, and the number of valid targets in the whole window and in them
+        (counted on the CPU: reading a count off the GPU would wait for it)."""
         if self._streams is None:
             self._streams = self._epoch_streams(self.epoch)
         if self.window >= len(self._streams):
@@ -142,12 +143,13 @@ class Trainer(LoopTrainer):
         x, y = self._streams.window(self.window)
         self.window += 1
         rows = self.ranks.rows(self.config.batch_size)
-        return x[rows].to(self.device), y[rows].to(self.device), int((y != IGNORE_INDEX).sum())
+        x, y, window_targets = x[rows], y[rows], int((y != IGNORE_INDEX).sum())
+        return x.to(self.device), y.to(self.device), window_targets, int((y != IGNORE_INDEX).sum())
 
     # -- the LoopTrainer hooks -------------------------------------------------------------------------------
-    def train_step(self) -> tuple[float, float, int]:
+    def train_step(self) -> tuple[Tensor, Tensor, int]:
         """One TBPTT window: forward with the carried state, backward, clip, AdamW. Returns (loss, norm, tokens)."""
-        x, y, batch_targets = self._next_batch()
+        x, y, batch_targets, targets = self._next_batch()
         self.train_model.train()
         with self.autocast():
             if self.ranks.size == 1:
@@ -158,7 +160,7 @@ class Trainer(LoopTrainer):
                 loss = shard_loss(out.logits, y, batch_targets, self.ranks.size)
         norm = self.optimize(loss)
         self.state = detach_state(out.state)
-        return loss.item(), norm, int((y != IGNORE_INDEX).sum())
+        return loss.detach(), norm, targets
 
     def validate(self) -> dict:
         streams = min(self.config.eval_streams, len(self.val_tokens) - 1)
