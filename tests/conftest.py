@@ -50,3 +50,35 @@ def small_corpus(tmp_path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def require_tool(available: bool, what: str, variable: str) -> None:
+    """Skip when a system package a test needs is missing; fail instead where ``variable`` is 1 (CI installs it)."""
+    if not available:
+        reason = f"{what} — install it (see .ci/run)"
+        if os.environ.get(variable) == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def hw_dataset(tmp_path_factory) -> Path:
+    """A small real handwriting dataset (Tatoeba's English sentences in two of Debian's handwriting fonts, Rufscript
+    and Kristi; DancingScript for the test lines), built once per session: short lines, undistorted, so a small
+    recogniser learns to read them in a minute."""
+    from rnnkit.data.handwriting import HandwritingSpec, build_handwriting, find_hands
+    from rnnkit.errors import ConfigError
+
+    text = require_data("spa-eng/spa.txt")
+    try:
+        find_hands(["/usr/share/fonts"], "DancingScript")
+        fonts = True
+    except ConfigError:
+        fonts = False
+    require_tool(fonts, "the handwriting fonts are not installed", "RNNKIT_REQUIRE_FONTS")
+    out = tmp_path_factory.mktemp("hw") / "data"
+    fonts = [f"/usr/share/fonts/{d}" for d in ("truetype/rufscript", "truetype/kristi", "opentype/dancingscript")]
+    spec = HandwritingSpec(text=text, train_lines=600, val_lines=60, test_lines=40, max_chars=12, height=24,
+                           augment="none", eval_augment="none", seed=5, font_dirs=fonts)
+    build_handwriting(out, spec, progress=False, workers=1)
+    return out

@@ -22,6 +22,8 @@ COMMANDS = (
     "rnnkit.cli.forecast",  # forecast train|predict|eval
     "rnnkit.cli.generate",  # generate train|sample|eval
     "rnnkit.cli.translate",  # translate train|translate|eval
+    "rnnkit.cli.data",  # data handwriting|speech
+    "rnnkit.cli.recognize",  # recognize train|predict|eval
     "rnnkit.cli.web",  # serve, visualize
     "rnnkit.cli.export",  # export --onnx
 )

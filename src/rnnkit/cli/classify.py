@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, start_run
+from rnnkit.cli.common import add_load_args, add_run_args, info, start_run, stopped
 from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -132,8 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"{m.pooling} pooling, {model.num_parameters():,} parameters; {train_config.max_steps:,} steps of batch "
          f"{train_config.batch_size}; run dir {run_dir}")
     summary = trainer.fit()
-    if summary["interrupted"]:
-        info(f"stopped at step {summary['step']}; continue with: rnnkit classify train --resume {run_dir}")
+    if stopped(summary, "rnnkit classify train", run_dir):
         return 130
     info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; validation accuracy "
          f"{summary['val_accuracy']:.4f}, loss {summary['val_loss']:.4f} (best checkpoint: accuracy "

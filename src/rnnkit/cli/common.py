@@ -26,6 +26,13 @@ def info(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def stopped(summary: dict, train_command: str, run_dir: Path) -> bool:
+    """After ``fit``: True (and how to go on, on stderr) when Ctrl-C stopped the run; the verb then exits 130."""
+    if summary["interrupted"]:
+        info(f"stopped at step {summary['step']}; continue with: {train_command} --resume {run_dir}")
+    return summary["interrupted"]
+
+
 def start_run(trainer, config: dict, run_dir: Path, resume: bool) -> None:
     """Resume ``trainer`` when asked, then write ``config.json`` with the training config as it now stands."""
     from rnnkit.checkpoint import CONFIG, write_json

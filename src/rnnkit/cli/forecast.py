@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info
+from rnnkit.cli.common import add_load_args, add_run_args, info, stopped
 from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -110,8 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     verb = f"resuming at step {trainer.step}" if args.resume else "training"
     info(f"{verb}: batch {train_config.batch_size}, {train_config.max_steps or '-'} steps; run dir {run_dir}")
     summary = trainer.fit()
-    if summary["interrupted"]:
-        info(f"stopped at step {summary['step']}; continue with: rnnkit forecast train --resume {run_dir}")
+    if stopped(summary, "rnnkit forecast train", run_dir):
         return 130
     info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; validation loss {summary['val_loss']:.4f}, "
          f"best {summary['best_val_loss']:.4f}; score it with: rnnkit forecast eval {run_dir}")

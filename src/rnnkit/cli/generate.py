@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run
+from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
 from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError
 
@@ -123,8 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"({'labels' if m.num_classes else m.encoder + ' encoder'}), {model.num_parameters():,} parameters; "
          f"{train_config.max_steps:,} steps of batch {train_config.batch_size}; run dir {run_dir}")
     summary = trainer.fit()
-    if summary["interrupted"]:
-        info(f"stopped at step {summary['step']}; continue with: rnnkit generate train --resume {run_dir}")
+    if stopped(summary, "rnnkit generate train", run_dir):
         return 130
     info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; validation loss "
          f"{summary['val_loss']:.4f} nats/token (best {trainer.best_key[0]:.4f}); "

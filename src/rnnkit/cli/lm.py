@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info
+from rnnkit.cli.common import add_load_args, add_run_args, info, stopped
 from rnnkit.cliargs import add_dataclass_args, given
 from rnnkit.errors import ConfigError, RnnkitError
 
@@ -142,8 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = trainer.fit()
     ranks.close()
     best = summary["best_val_loss"]
-    if summary["interrupted"]:
-        info(f"stopped at step {summary['step']}; continue with: rnnkit train --resume {run_dir}")
+    if stopped(summary, "rnnkit train", run_dir):
         return 130
     tps = summary["tokens"] / max(summary["elapsed_s"], 1e-9)
     info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s ({tps:,.0f} tokens/s overall); "

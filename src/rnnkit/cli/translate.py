@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run
+from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
 from rnnkit.cliargs import Parser, add_dataclass_args, given
 from rnnkit.errors import ConfigError
 
@@ -109,8 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"{train_config.batch_size}{f', {train_config.minutes} minutes' if train_config.minutes else ''}; "
          f"run dir {run_dir}")
     summary = trainer.fit()
-    if summary["interrupted"]:
-        info(f"stopped at step {summary['step']}; continue with: rnnkit translate train --resume {run_dir}")
+    if stopped(summary, "rnnkit translate train", run_dir):
         return 130
     info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; validation loss "
          f"{summary['val_loss']:.4f} nats/token (best {trainer.best_key[0]:.4f}); "

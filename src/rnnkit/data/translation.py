@@ -236,15 +236,9 @@ class Pairs:
     def length_batches(self, batch_size: int, seed: int, epoch: int, chunk_batches: int = 50) -> list[np.ndarray]:
         """Index batches of pairs of similar length: shuffle, sort chunks of ``chunk_batches`` batches by (source,
         target) length, cut them, shuffle the batches. Every pair once; the same for the same (seed, epoch)."""
-        if batch_size <= 0:
-            raise ConfigError(f"batch size must be positive (got {batch_size}) — e.g. 64")
-        rng = np.random.default_rng([seed, epoch])
-        order, out = rng.permutation(len(self)), []
-        for c in range(0, len(order), batch_size * chunk_batches):
-            chunk = order[c:c + batch_size * chunk_batches]
-            chunk = chunk[np.lexsort((self.tgt.lengths[chunk], self.src.lengths[chunk]))]
-            out += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-        return [out[i] for i in rng.permutation(len(out))]
+        from rnnkit.data.batching import length_buckets
+
+        return length_buckets([self.src.lengths, self.tgt.lengths], batch_size, seed, epoch, chunk_batches)
 
     def padding_waste(self, batches: Iterable[np.ndarray]) -> tuple[float, float]:
         """Shares of padded positions in the source and the target (EOS counted as real) over index ``batches``."""

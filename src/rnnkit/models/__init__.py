@@ -5,6 +5,7 @@ from rnnkit.models.conditional import ConditionalGenerator, ConditionalGenerator
 from rnnkit.models.forecaster import ForecasterConfig, SequenceForecaster
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
 from rnnkit.models.output import Output
+from rnnkit.models.recognizer import CTCRecognizer, CTCRecognizerConfig
 from rnnkit.models.seq2seq import Seq2Seq, Seq2SeqConfig
 
 # kind name in config.json -> (model class, config class); the checkpoint loader rebuilds models from it.
@@ -14,10 +15,11 @@ MODEL_KINDS = {
     "forecaster": (SequenceForecaster, ForecasterConfig),
     "conditional_generator": (build_generator, ConditionalGeneratorConfig),
     "seq2seq": (Seq2Seq, Seq2SeqConfig),
+    "ctc_recognizer": (CTCRecognizer, CTCRecognizerConfig),
 }
 
 __all__ = [
-    "MODEL_KINDS", "ConditionalGenerator", "ConditionalGeneratorConfig", "ForecasterConfig", "LanguageModel",
-    "LanguageModelConfig", "Output", "SequenceClassifier", "SequenceClassifierConfig", "SequenceForecaster",
-    "Seq2Seq", "Seq2SeqConfig",
+    "MODEL_KINDS", "CTCRecognizer", "CTCRecognizerConfig", "ConditionalGenerator", "ConditionalGeneratorConfig",
+    "ForecasterConfig", "LanguageModel", "LanguageModelConfig", "Output", "SequenceClassifier",
+    "SequenceClassifierConfig", "SequenceForecaster", "Seq2Seq", "Seq2SeqConfig",
 ]

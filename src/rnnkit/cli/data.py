@@ -1,0 +1,115 @@
+"""``rnnkit data handwriting|speech``: build the recognition datasets on this machine, from real components
+(Debian's handwriting fonts, espeak-ng's voices, a real text corpus), with a fixed seed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rnnkit.cli.common import info
+from rnnkit.cliargs import Parser
+from rnnkit.errors import ConfigError
+
+DEFAULT_TEXT = "../shared/data/spa-eng/spa.txt"
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("data", help="build datasets: handwriting lines, speech",
+                           description="Build a recognition dataset into a directory (deterministic: same flags, "
+                                       "same files). rnnkit recognize train --data DIR trains on it.")
+    verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
+
+    p = verbs.add_parser("handwriting", help="text lines drawn in handwriting fonts, one PNG per line",
+                         description="Corpus sentences drawn in Debian's handwriting fonts with slant, jitter, elastic "
+                                     "distortion, stroke width, blur and noise; the test lines use a held-out "
+                                     "connected script (DancingScript) and held-out text.")
+    p.add_argument("out", type=Path, metavar="DIR")
+    p.add_argument("--text", type=Path, default=None, help=f"UTF-8 corpus, one sentence per line (default: "
+                                                            f"{DEFAULT_TEXT})")
+    p.add_argument("--train-lines", type=int, default=12000)
+    p.add_argument("--val-lines", type=int, default=600)
+    p.add_argument("--test-lines", type=int, default=600)
+    p.add_argument("--no-test-seen", action="store_true", help="skip the test lines drawn in the training fonts")
+    p.add_argument("--height", type=int, default=32, help="pixel rows of every line (default: 32)")
+    p.add_argument("--max-chars", type=int, default=40, help="characters per line at most (default: 40)")
+    p.add_argument("--test-font", default="DancingScript", help="held-out font (file-name prefix)")
+    p.add_argument("--font-dir", action="append", type=Path, metavar="DIR",
+                   help="where fonts are (repeatable; default: /usr/share/fonts)")
+    p.add_argument("--augment", default="strong", help="training distortion: none, mild or strong")
+    p.add_argument("--eval-augment", default="mild", help="validation/test distortion (default: mild)")
+    p.add_argument("--seed", type=int, default=20240610)
+    p.add_argument("--workers", type=int, default=None, help="processes drawing lines (default: the cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_handwriting)
+
+    p = verbs.add_parser("speech", help="sentences spoken by espeak-ng voices in noise, one WAV per sentence",
+                         description="Corpus sentences synthesised by espeak-ng (accents, voice variants, speed, "
+                                     "pitch) and mixed with noise at 5-20 dB SNR; the test split is an accent and "
+                                     "voice variants never used in training, on held-out text.")
+    p.add_argument("out", type=Path, metavar="DIR")
+    p.add_argument("--text", type=Path, default=None, help=f"sentences (default: {DEFAULT_TEXT})")
+    p.add_argument("--train", type=int, default=6000, help="training utterances (default: 6000)")
+    p.add_argument("--val", type=int, default=400)
+    p.add_argument("--test", type=int, default=600)
+    p.add_argument("--test-seen-voice", type=int, default=400, help="test sentences in training voices (default: 400)")
+    p.add_argument("--snr", default="5,20", metavar="LOW,HIGH", help="noise level range in dB (default: 5,20)")
+    p.add_argument("--test-accents", default=None, metavar="A,B", help="held-out accents (default: en-029)")
+    p.add_argument("--test-variants", default=None, metavar="V,W", help="held-out voice variants")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="synthesis processes (default: 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_speech)
+
+
+def _text(args: argparse.Namespace) -> Path:
+    text = args.text or Path(DEFAULT_TEXT)
+    if not text.is_file():
+        raise ConfigError(f"{text} not found — pass --text PATH, a UTF-8 file with one sentence per line")
+    return text
+
+
+def _summary(result: dict, out: Path) -> int:
+    for split, s in result["splits"].items():
+        info(f"{split}: {s['count']:,} lines")
+    info(f"wrote {out}; train on it with: rnnkit recognize train --data {out}")
+    print(json.dumps({"out": str(out), "splits": {k: v["count"] for k, v in result["splits"].items()}}))
+    return 0
+
+
+def cmd_handwriting(args: argparse.Namespace) -> int:
+    from rnnkit.data.handwriting import HandwritingSpec, build_handwriting
+
+    spec = HandwritingSpec(
+        text=_text(args), train_lines=args.train_lines, val_lines=args.val_lines, test_lines=args.test_lines,
+        test_seen=not args.no_test_seen, height=args.height, max_chars=args.max_chars, seed=args.seed,
+        test_font=args.test_font, augment=args.augment, eval_augment=args.eval_augment,
+        **({"font_dirs": [str(d) for d in args.font_dir]} if args.font_dir else {}),
+    )
+    if args.workers is not None and args.workers <= 0:
+        raise ConfigError(f"--workers must be positive (got {args.workers}) — e.g. --workers 2")
+    return _summary(build_handwriting(args.out, spec, progress=not args.quiet, workers=args.workers), args.out)
+
+
+def _pair(text: str, flag: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not LOW,HIGH — e.g. {flag} 5,20") from None
+    return low, high
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def cmd_speech(args: argparse.Namespace) -> int:
+    from rnnkit.data.speech import SpeechSpec, build_speech
+
+    extra = {name: _names(getattr(args, name)) for name in ("test_accents", "test_variants")
+             if getattr(args, name) is not None}
+    spec = SpeechSpec(text=_text(args), train=args.train, val=args.val, test=args.test,
+                      test_seen_voice=args.test_seen_voice, snr_db=_pair(args.snr, "--snr"), seed=args.seed, **extra)
+    if args.workers <= 0:
+        raise ConfigError(f"--workers must be positive (got {args.workers}) — e.g. --workers 2")
+    return _summary(build_speech(args.out, spec, progress=not args.quiet, workers=args.workers), args.out)

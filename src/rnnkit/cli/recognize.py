@@ -1,0 +1,207 @@
+"""``rnnkit recognize train|predict|eval``: many-to-many without alignment — handwriting lines and speech read
+by a CTC recogniser (datasets from ``rnnkit data handwriting|speech``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rnnkit import __version__
+from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
+from rnnkit.cliargs import Parser, add_dataclass_args, given
+from rnnkit.errors import ConfigError
+
+KIND = "ctc_recognizer"
+DATA_FLAGS = ("data", "limit")
+SEEN_SPLIT = {"handwriting": "test_seen", "speech": "test_seen_voice"}  # the test text in training hands / voices
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from rnnkit.models.recognizer import CTCRecognizerConfig
+    from rnnkit.train.batches import BatchTrainConfig
+
+    group = sub.add_parser("recognize", help="CTC recognition: handwriting lines and speech",
+                           description="Train, apply and score a CTC recogniser (frames in, characters out).")
+    verbs = group.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=Parser)
+
+    p = verbs.add_parser("train", help="train a recogniser on a dataset built by rnnkit data handwriting|speech",
+                         description="Train on the train split of a built dataset; the val split picks the best "
+                                     "checkpoint by character error rate.")
+    p.add_argument("--data", type=Path, metavar="DIR", help="a dataset directory (rnnkit data handwriting|speech)")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N training lines (quick runs)")
+    add_run_args(p, "recognize-")
+    p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, CTCRecognizerConfig, "model"),
+                   train_flags=add_dataclass_args(p, BatchTrainConfig, "training"))
+
+    p = verbs.add_parser("predict", help="transcribe images (handwriting) or WAV files (speech)")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="PNG/JPEG images or WAV files")
+    p.add_argument("--beam", type=int, default=1, metavar="K", help="prefix beam search width; 1 is greedy")
+    p.add_argument("--png", type=Path, metavar="FILE",
+                   help="draw the first input with its best path under it (where each character was emitted)")
+    p.add_argument("--json", action="store_true", help="one JSON object per input")
+    add_load_args(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser("eval", help="character and word error rates on the held-out test split")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument("--data", type=Path, metavar="DIR", help="the dataset (default: the one the run trained on)")
+    p.add_argument("--split", help="split to score (default: test, and the same text in training hands/voices)")
+    p.add_argument("--beam", type=int, default=1, metavar="K", help="prefix beam search width; 1 is greedy")
+    p.add_argument("--examples", type=int, default=5, help="transcripts to print with their references")
+    p.add_argument("--png", type=Path, metavar="FILE", help="draw the first scored line with its best path")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_load_args(p)
+    p.set_defaults(func=cmd_eval)
+
+
+# -- train ---------------------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from rnnkit.checkpoint import FORMAT_VERSION, build_model
+    from rnnkit.data.recognition import load_recognition
+    from rnnkit.models.recognizer import CTCRecognizer, CTCRecognizerConfig
+    from rnnkit.train.batches import BatchTrainConfig
+    from rnnkit.train.recognition import RecognitionTrainer, scaling_of
+
+    model_flags, train_flags = given(args, args.model_flags), given(args, args.train_flags)
+    if args.limit is not None and args.limit <= 0:
+        raise ConfigError(f"--limit must be positive (got {args.limit}) — e.g. --limit 1000")
+    if args.resume:
+        run_dir, config = resumed_config(args, KIND, DATA_FLAGS, model_flags)
+        data = load_recognition(config["data"]["root"], limit=config["data"]["limit"], progress=not args.quiet)
+        if data.info.get("text_sha256") != config["data"]["info"].get("text_sha256") or \
+                data.alphabet.chars != config["data"]["info"]["alphabet"]:
+            raise ConfigError(f"the dataset in {config['data']['root']} changed since the run started — train a new "
+                              "run on it")
+        train_config = BatchTrainConfig.resumed(config["train"], train_flags)
+        model = build_model(config)
+    else:
+        if not args.data:
+            raise ConfigError("no data given — pass --data DIR, a dataset built by rnnkit data handwriting|speech")
+        run_dir = new_run_dir(args, "recognize")
+        train_config = BatchTrainConfig(**{"batch_size": 32, "lr": 2e-3, **train_flags})
+        if not (train_config.epochs or train_config.max_steps or train_config.minutes):
+            train_config.epochs = 20.0
+        CTCRecognizerConfig(input_size=32, num_classes=2, **model_flags)  # a bad flag fails before the data loads
+        t0 = time.perf_counter()
+        data = load_recognition(args.data, limit=args.limit, progress=not args.quiet)
+        train = data.splits["train"]
+        info(f"data: {data.kind}, {len(train):,} training and {len(data.splits['val']):,} validation lines, "
+             f"{train.feature_size} features per frame, {len(data.alphabet.chars)} characters "
+             f"({time.perf_counter() - t0:.0f} s)")
+        torch.manual_seed(train_config.seed)
+        model = CTCRecognizer(CTCRecognizerConfig(input_size=train.feature_size,
+                                                  num_classes=data.alphabet.num_classes, **model_flags))
+        model.set_scaling(*scaling_of(train.frames))
+        config = {
+            "format_version": FORMAT_VERSION, "kind": KIND, "rnnkit_version": __version__,
+            "model": model.config.to_dict(),
+            "data": {"root": str(Path(args.data).resolve()), "limit": args.limit, "info": data.info},
+        }
+    trainer = RecognitionTrainer(model, data.splits["train"], data.splits["val"], data.alphabet, train_config,
+                                 run_dir, show_progress=not args.quiet)
+    start_run(trainer, config, run_dir, bool(args.resume))
+    m = model.config
+    info(f"model: {m.frontend} front end (stride {m.time_stride}), {'bi' if m.bidirectional else ''}"
+         f"{m.cell.upper()} {m.num_layers}x{m.hidden_size}, {model.num_parameters():,} parameters; "
+         f"{train_config.max_steps or '-'} steps of batch {train_config.batch_size}"
+         f"{f', {train_config.minutes} minutes' if train_config.minutes else ''}; run dir {run_dir}")
+    summary = trainer.fit()
+    if stopped(summary, "rnnkit recognize train", run_dir):
+        return 130
+    info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; validation CER "
+         f"{summary['val_cer']:.2%} (best {trainer.best_key[0]:.2%}); score it with: rnnkit recognize eval {run_dir}")
+    return 0
+
+
+# -- shared --------------------------------------------------------------------------------------------------
+def _load(args: argparse.Namespace):
+    from rnnkit.checkpoint import load_weights
+    from rnnkit.data.recognition import Alphabet
+    from rnnkit.train import resolve_device
+
+    if args.beam < 1:
+        raise ConfigError(f"--beam must be >= 1 (got {args.beam}) — 1 is greedy")
+    device = resolve_device(args.device)
+    model, config = load_weights(args.run_dir, args.weights, device, kind=KIND)
+    return model, Alphabet(config["data"]["info"]["alphabet"]), config, device
+
+
+def _draw(model, utterances, result, alphabet, data_info: dict, path: Path, title: str) -> None:
+    from rnnkit.recognize import plot_alignment
+
+    plot_alignment(utterances.frames[0], result.paths[0], alphabet, model.config.time_stride, path, title=title,
+                   kind=data_info["kind"])
+    info(f"wrote {path}")
+
+
+# -- predict -------------------------------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    from rnnkit.data.recognition import Utterances, featurizer
+    from rnnkit.recognize import transcribe
+
+    model, alphabet, config, device = _load(args)
+    featurize = featurizer(config["data"]["info"])
+    frames = []
+    for path in args.inputs:
+        if not path.is_file():
+            raise ConfigError(f"{path} is not a file — pass images (handwriting) or WAV files (speech)")
+        frames.append(featurize(path))
+    utterances = Utterances(frames, [[] for _ in frames])
+    result = transcribe(model, utterances, alphabet, device, beam=args.beam, references=False)
+    for path, text in zip(args.inputs, result.texts, strict=True):
+        print(json.dumps({"file": str(path), "text": text}, ensure_ascii=False) if args.json else text)
+    if args.png:
+        _draw(model, utterances, result, alphabet, config["data"]["info"], args.png,
+              f"{args.inputs[0].name}: {result.texts[0]}")
+    return 0
+
+
+# -- eval ----------------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rnnkit.data.recognition import load_recognition
+    from rnnkit.recognize import transcribe
+
+    model, alphabet, config, device = _load(args)
+    from rnnkit.data.recognition import read_info
+
+    root = args.data or config["data"]["root"]
+    kind = config["data"]["info"]["kind"]
+    present = read_info(root)["splits"]
+    splits = [args.split] if args.split else ["test"] + [s for s in (SEEN_SPLIT[kind],) if s in present]
+    data = load_recognition(root, splits=splits, progress=not args.json)
+    if data.alphabet.chars != alphabet.chars:
+        raise ConfigError(f"the dataset in {root} has another alphabet than the model — score it on the dataset "
+                          "it was trained on")
+    result = {"kind": kind, "split": splits[0], "beam": args.beam}
+    for split in splits:
+        t0 = time.perf_counter()
+        got = transcribe(model, data.splits[split], alphabet, device, beam=args.beam)
+        rates = {"cer": got.rates["cer"], "wer": got.rates["wer"], "lines": len(data.splits[split]),
+                 "seconds": round(time.perf_counter() - t0, 1)}
+        if split == splits[0]:
+            result.update(rates, loss=got.loss)
+            first = got
+            if args.beam > 1:
+                greedy = transcribe(model, data.splits[split], alphabet, device)
+                result.update(cer_greedy=greedy.rates["cer"], wer_greedy=greedy.rates["wer"])
+        else:
+            result.update({f"{k}_{split}": v for k, v in rates.items()})
+    test = data.splits[splits[0]]
+    if args.png:
+        _draw(model, test, first, alphabet, data.info, args.png,
+              f"{test.conditions[0]}: {first.texts[0]!r} (truth {test.texts[0]!r})")
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for i in range(min(args.examples, len(test))):
+        print(f"{test.conditions[i]}\n  truth: {test.texts[i]}\n  read:  {first.texts[i]}")
+    print(f"{splits[0]}: CER {result['cer']:.2%}, WER {result['wer']:.2%} over {result['lines']} lines"
+          + (f" (greedy: CER {result['cer_greedy']:.2%})" if args.beam > 1 else ""))
+    for split in splits[1:]:
+        print(f"{split}: CER {result[f'cer_{split}']:.2%}, WER {result[f'wer_{split}']:.2%}")
+    return 0

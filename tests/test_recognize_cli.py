@@ -1,0 +1,159 @@
+"""`rnnkit data handwriting` and `rnnkit recognize train|predict|eval` end to end on a small real handwriting dataset,
+the alignment PNG, resume, and every user error: one line `error: ... — ...`, exit status 2, the run's files
+untouched. (The speech builder's own tests are in test_speech_data.py; the recogniser reads its WAV files through
+the same featurizer, tested here with a WAV from a built speech dataset when espeak-ng is installed.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import require_data
+from PIL import Image
+from test_classify_cli import assert_user_error
+from test_cli import run
+
+from rnnkit.checkpoint import CONFIG, MODEL, TRAINER_STATE, load_weights
+from rnnkit.data.recognition import load_recognition
+
+SMALL = ["--hidden-size", "32", "--num-layers", "1", "--conv-channels", "8", "--batch-size", "16", "--quiet",
+         "--device", "cpu", "--eval-interval", "10", "--warmup-steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(hw_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rec") / "run"
+    from rnnkit.cli import main
+
+    assert main(["recognize", "train", "--data", str(hw_dataset), "--max-steps", "20", "--out", str(out),
+                 *SMALL]) == 0
+    return out
+
+
+def test_train_writes_a_run_that_loads(run_dir, hw_dataset):
+    config = json.loads((run_dir / CONFIG).read_text())
+    assert config["kind"] == "ctc_recognizer" and config["data"]["info"]["kind"] == "handwriting"
+    assert config["model"]["input_size"] == 24 and config["train"]["max_steps"] == 20
+    model, _ = load_weights(run_dir, kind="ctc_recognizer")
+    data = load_recognition(hw_dataset, splits=("train",))
+    frames = np.concatenate(data.splits["train"].frames)
+    assert np.allclose(model.input_mean.numpy(), frames.mean(0), atol=1e-2)  # scaling saved with the weights
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert "val_cer" in rows[0] and len(rows) > 2
+
+
+def test_eval_json_scores_test_and_the_seen_hands(run_dir, capsys, tmp_path):
+    png = tmp_path / "align.png"
+    code, out, err = run(capsys, "recognize", "eval", run_dir, "--json", "--png", png, "--device", "cpu")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["split"] == "test" and result["lines"] == 40 and result["lines_test_seen"] == 40
+    for key in ("cer", "wer", "cer_test_seen", "wer_test_seen", "loss"):
+        assert result[key] >= 0
+    assert Image.open(png).size[0] > 100
+    code, out, err = run(capsys, "recognize", "eval", run_dir, "--split", "val", "--beam", "4", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["split"] == "val" and "cer_greedy" in result and "cer_test_seen" not in result
+
+
+def test_predict_reads_images_the_dataset_did_not_make(run_dir, hw_dataset, capsys, tmp_path):
+    """A user's image: RGB, white border, another size — frames come out at the model's height."""
+    src = Image.open(hw_dataset / "test" / "000000.png").convert("RGB")
+    big = Image.new("RGB", (src.width * 2 + 40, src.height * 2 + 40), "white")
+    big.paste(src.resize((src.width * 2, src.height * 2)), (20, 20))
+    path = tmp_path / "mine.jpg"
+    big.save(path)
+    png = tmp_path / "path.png"
+    code, out, err = run(capsys, "recognize", "predict", run_dir, path, hw_dataset / "test" / "000001.png",
+                         "--json", "--png", png, "--beam", "3")
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [x["file"] for x in lines] == [str(path), str(hw_dataset / "test" / "000001.png")]
+    assert all(isinstance(x["text"], str) for x in lines) and png.exists()
+
+
+def test_resume_continues_and_refuses_a_changed_model(run_dir, capsys, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    code, out, err = run(capsys, "recognize", "train", "--resume", copy, "--max-steps", "25", "--quiet")
+    assert code == 0, err
+    assert json.loads((copy / CONFIG).read_text())["train"]["max_steps"] == 25
+    before = {n: (copy / n).read_bytes() for n in (MODEL, TRAINER_STATE, CONFIG)}
+    code, out, err = run(capsys, "recognize", "train", "--resume", copy, "--hidden-size", "64")
+    assert_user_error(code, err, "--hidden-size", "cannot be given when resuming")
+    assert {n: (copy / n).read_bytes() for n in before} == before
+
+
+def test_user_errors(run_dir, hw_dataset, capsys, tmp_path):
+    cases = [
+        (["recognize", "train"], "no data given"),
+        (["recognize", "train", "--data", tmp_path, "--out", tmp_path / "x"], "dataset.json"),
+        (["recognize", "train", "--data", hw_dataset, "--time-stride", "3"], "time_stride"),
+        (["recognize", "train", "--data", hw_dataset, "--limit", "0"], "--limit"),
+        (["recognize", "train", "--data", hw_dataset, "--out", run_dir], "already holds a training run"),
+        (["recognize", "predict", run_dir, tmp_path / "missing.png"], "is not a file"),
+        (["recognize", "predict", run_dir, hw_dataset / "dataset.json"], "dataset.json"),
+        (["recognize", "predict", run_dir, hw_dataset / "test" / "000000.png", "--beam", "0"], "--beam"),
+        (["recognize", "eval", run_dir, "--split", "nope"], "no split"),
+        (["recognize", "eval", tmp_path], "config.json"),
+        (["data", "handwriting", tmp_path / "hw", "--text", tmp_path / "none.txt"], "not found"),
+        (["data", "handwriting", tmp_path / "hw2", "--font-dir", tmp_path], "fonts-"),
+        (["data", "speech", tmp_path / "sp", "--snr", "loud"], "--snr"),
+        (["data", "speech", tmp_path / "sp", "--workers", "0"], "--workers"),
+    ]
+    for argv, fragment in cases:
+        code, out, err = run(capsys, *argv)
+        assert_user_error(code, err, fragment)
+
+
+def test_data_handwriting_builds_a_dataset(capsys, tmp_path):
+    text = require_data("spa-eng/spa.txt")
+    out = tmp_path / "hw"
+    code, stdout, err = run(capsys, "data", "handwriting", out, "--text", text, "--train-lines", 8, "--val-lines",
+                            2, "--test-lines", 3, "--workers", 1, "--quiet")
+    assert code == 0, err
+    assert json.loads(stdout)["splits"] == {"train": 8, "val": 2, "test": 3, "test_seen": 3}
+    assert len(list((out / "train").glob("*.png"))) == 8 and "recognize train --data" in err
+
+
+def test_ci_installs_every_font_package_the_builder_knows():
+    from pathlib import Path
+
+    from rnnkit.data.handwriting import FONT_PACKAGES
+
+    script = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    listed = set(script[script.index("packages=("):script.index(")", script.index("packages=("))].split())
+    assert set(FONT_PACKAGES) | {"espeak-ng"} <= listed
+
+
+def test_speech_end_to_end_on_a_tiny_espeak_dataset(capsys, tmp_path):
+    """rnnkit data speech builds WAV files with espeak-ng; the recogniser trains on their log-mel frames and
+    transcribes a WAV file (a few steps: this checks the plumbing, not the reading)."""
+    import shutil as sh
+
+    from conftest import require_tool
+
+    require_tool(sh.which("espeak-ng") is not None, "espeak-ng is not installed", "RNNKIT_REQUIRE_SPEECH")
+    text = require_data("spa-eng/spa.txt")
+    data, run_dir = tmp_path / "speech", tmp_path / "run"
+    code, out, err = run(capsys, "data", "speech", data, "--text", text, "--train", 12, "--val", 4, "--test", 4,
+                         "--test-seen-voice", 4, "--workers", 1, "--quiet")
+    assert code == 0, err
+    assert json.loads(out)["splits"] == {"train": 12, "val": 4, "test": 4, "test_seen_voice": 4}
+    code, out, err = run(capsys, "recognize", "train", "--data", data, "--out", run_dir, "--max-steps", 3,
+                         "--batch-size", 4, "--hidden-size", 16, "--num-layers", 1, "--conv-channels", 4, "--quiet",
+                         "--device", "cpu")
+    assert code == 0, err
+    assert json.loads((run_dir / CONFIG).read_text())["model"]["input_size"] == 80
+    wav = sorted((data / "test").glob("*.wav"))[0]
+    png = tmp_path / "speech.png"
+    code, out, err = run(capsys, "recognize", "predict", run_dir, wav, "--json", "--png", png)
+    assert code == 0, err
+    assert json.loads(out)["file"] == str(wav) and png.exists()
+    code, out, err = run(capsys, "recognize", "eval", run_dir, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["kind"] == "speech" and result["lines"] == 4 and result["lines_test_seen_voice"] == 4
