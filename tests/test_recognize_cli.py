@@ -57,6 +57,11 @@ def test_eval_json_scores_test_and_the_seen_hands(run_dir, capsys, tmp_path):
     assert code == 0, err
     result = json.loads(out)
     assert result["split"] == "val" and "cer_greedy" in result and "cer_test_seen" not in result
+    code, out, err = run(capsys, "recognize", "eval", run_dir, "--beam", "4", "--lm-order", "3", "--lm-weight", "0.7",
+                         "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["lm_order"] == 3 and result["lm_weight"] == 0.7 and result["cer"] >= 0
 
 
 def test_predict_reads_images_the_dataset_did_not_make(run_dir, hw_dataset, capsys, tmp_path):
@@ -99,6 +104,7 @@ def test_user_errors(run_dir, hw_dataset, capsys, tmp_path):
         (["recognize", "predict", run_dir, hw_dataset / "test" / "000000.png", "--beam", "0"], "--beam"),
         (["recognize", "eval", run_dir, "--split", "nope"], "no split"),
         (["recognize", "eval", tmp_path], "config.json"),
+        (["recognize", "eval", run_dir, "--lm-order", "3"], "--beam"),
         (["data", "handwriting", tmp_path / "hw", "--text", tmp_path / "none.txt"], "not found"),
         (["data", "handwriting", tmp_path / "hw2", "--font-dir", tmp_path], "fonts-"),
         (["data", "speech", tmp_path / "sp", "--snr", "loud"], "--snr"),

@@ -3,8 +3,10 @@ picture of where each character was emitted.
 
 ``transcribe`` runs the model over ``Utterances`` in batches and decodes every item; with references it also
 returns the mean CTC loss per character and the corpus-level character and word error rates (``rnnkit.ctc``).
-``plot_alignment`` draws an input (an image's pixels, or a log-mel spectrogram) with the best path under it: each
-output step's most likely class, characters placed at the frames that emitted them.
+``char_lm`` fits a character n-gram on transcripts (the training and validation text of the dataset, never the
+test text) for the beam search to weigh its prefixes with (shallow fusion: ``score = log P_ctc + w log P_lm + b
+per character``). ``plot_alignment`` draws an input (an image's pixels, or a log-mel spectrogram) with the best path
+under it: each output step's most likely class, characters placed at the frames that emitted them.
 """
 
 from __future__ import annotations
@@ -30,11 +32,23 @@ class Transcripts:
     rates: dict = field(default_factory=dict)
 
 
+def char_lm(train_texts: list[str], val_texts: list[str], alphabet, order: int = 5):
+    """``lm(prefix) -> log P(next class)`` (K,) for ``ctc.beam_decode``: an interpolated character n-gram
+    (``baselines.ngram``; class 0, the blank, stands for the line's end), weights tuned on ``val_texts``."""
+    from rnnkit.baselines.ngram import fit_tuned
+
+    ngram = fit_tuned(order, alphabet.num_classes, [alphabet.encode(t) for t in train_texts],
+                      [alphabet.encode(t) for t in val_texts], step=0.1)
+    return ngram.next_log_probs
+
+
 @torch.no_grad()
 def transcribe(model: nn.Module, utterances, alphabet, device: torch.device | str = "cpu", batch_size: int = 64,
-               beam: int | None = None, references: bool = True) -> Transcripts:
-    """Decode every utterance (greedy, or prefix beam search with ``beam`` prefixes); score against the
-    utterances' own transcripts when ``references``."""
+               beam: int | None = None, references: bool = True, lm=None, lm_weight: float = 0.0,
+               char_bonus: float = 0.0) -> Transcripts:
+    """Decode every utterance (greedy, or prefix beam search with ``beam`` prefixes, optionally weighed by ``lm``
+    (``char_lm``) with ``lm_weight`` and ``char_bonus`` per character); score against the utterances' own
+    transcripts when ``references``."""
     was_training = model.training
     model.eval()
     texts, paths, total, count = [], [], 0.0, 0
@@ -45,7 +59,10 @@ def transcribe(model: nn.Module, utterances, alphabet, device: torch.device | st
         steps = model.output_lengths(b.lengths).clamp_min(1)
         log_probs = out.logits.float().cpu()
         paths += ctc.best_path(log_probs, steps)
-        ids = ctc.beam_decode(log_probs, steps, beam=beam) if beam and beam > 1 else ctc.greedy_decode(log_probs, steps)
+        if beam and beam > 1:
+            ids = ctc.beam_decode(log_probs, steps, beam=beam, lm=lm, lm_weight=lm_weight, word_bonus=char_bonus)
+        else:
+            ids = ctc.greedy_decode(log_probs, steps)
         texts += [alphabet.decode(x) for x in ids]
         if references:
             total, count = total + out.loss.item() * len(b.lengths), count + len(b.lengths)

@@ -35,6 +35,7 @@ class NgramModel:
             yield tuple(framed[i - self.order + 1:i]), framed[i]
 
     def fit(self, sequences: Sequence[Sequence[int]]) -> NgramModel:
+        self._rows: dict = {}
         self.counts = [Counter() for _ in range(self.order)]  # k: (last k tokens of history, target)
         self.context_counts = [Counter() for _ in range(self.order)]
         for seq in sequences:
@@ -60,6 +61,28 @@ class NgramModel:
                 rows.append(p)
                 seen.append(s)
         return np.array(rows), np.array(seen)
+
+    def next_log_probs(self, history: Sequence[int]) -> np.ndarray:
+        """``log P(w | history)`` for every token ``w`` (V,): the interpolated distribution of the next token after
+        ``history`` (the sequence so far, without the leading boundaries; id 0 is the end of the sequence)."""
+        h = [0] * (self.order - 1) + [int(t) for t in history]
+        mix, total = np.full(self.vocab_size, self.weights[0] / self.vocab_size), self.weights[0]
+        for k in range(self.order):
+            ctx = tuple(h[len(h) - k:]) if k else ()
+            n = self.context_counts[k][ctx]
+            if n:
+                mix += self.weights[k + 1] * self._row(k, ctx) / n
+                total += self.weights[k + 1]
+        return np.log(mix / total)
+
+    def _row(self, k: int, ctx: tuple[int, ...]) -> np.ndarray:
+        """Counts of every token after ``ctx`` (order k), built once per context and kept."""
+        rows = self.__dict__.setdefault("_rows", {})
+        row = rows.get((k, ctx))
+        if row is None:
+            row = rows[(k, ctx)] = np.array([self.counts[k].get((ctx, t), 0) for t in range(self.vocab_size)],
+                                            dtype=np.float64)
+        return row
 
     @staticmethod
     def _nll(weights: np.ndarray, probs: np.ndarray, seen: np.ndarray) -> np.ndarray:
@@ -88,9 +111,9 @@ class NgramModel:
         return self
 
 
-def fit_tuned(order: int, vocab_size: int, train: Sequence, heldout: Sequence) -> NgramModel:
-    """Weights tuned on ``heldout`` with counts from ``train``; then counts refit on both."""
-    model = NgramModel(order, vocab_size).fit(train).tune(heldout)
+def fit_tuned(order: int, vocab_size: int, train: Sequence, heldout: Sequence, step: float = 0.05) -> NgramModel:
+    """Weights tuned on ``heldout`` (a grid of ``step``) with counts from ``train``; then counts refit on both."""
+    model = NgramModel(order, vocab_size).fit(train).tune(heldout, step)
     weights = model.weights
     model.fit([*train, *heldout])
     model.weights = weights

@@ -50,6 +50,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, metavar="DIR", help="the dataset (default: the one the run trained on)")
     p.add_argument("--split", help="split to score (default: test, and the same text in training hands/voices)")
     p.add_argument("--beam", type=int, default=1, metavar="K", help="prefix beam search width; 1 is greedy")
+    p.add_argument("--lm-order", type=int, default=0, metavar="N",
+                   help="with --beam: weigh prefixes by a character N-gram of the dataset's training and validation "
+                        "text (0: none)")
+    p.add_argument("--lm-weight", type=float, default=0.5, help="weight of the language model's log-probability")
+    p.add_argument("--char-bonus", type=float, default=0.0, help="score added per emitted character (with the LM)")
     p.add_argument("--examples", type=int, default=5, help="transcripts to print with their references")
     p.add_argument("--png", type=Path, metavar="FILE", help="draw the first scored line with its best path")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -177,10 +182,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if data.alphabet.chars != alphabet.chars:
         raise ConfigError(f"the dataset in {root} has another alphabet than the model — score it on the dataset "
                           "it was trained on")
-    result = {"kind": kind, "split": splits[0], "beam": args.beam}
+    lm = None
+    if args.lm_order:
+        if args.lm_order < 1 or args.beam < 2:
+            raise ConfigError(f"--lm-order {args.lm_order} needs --lm-order >= 1 and --beam >= 2 — e.g. --beam 10 "
+                              "--lm-order 5")
+        from rnnkit.data.recognition import transcripts
+        from rnnkit.recognize import char_lm
+
+        train_text, val_text = transcripts(root, "train"), transcripts(root, "val")
+        if "val" in splits:  # scoring the validation text (to choose --lm-weight): the LM must not have read it
+            cut = len(train_text) * 9 // 10
+            train_text, val_text = train_text[:cut], train_text[cut:]
+        lm = char_lm(train_text, val_text, alphabet, args.lm_order)
+    result = {"kind": kind, "split": splits[0], "beam": args.beam, "lm_order": args.lm_order,
+              "lm_weight": args.lm_weight if lm else 0.0, "char_bonus": args.char_bonus if lm else 0.0}
     for split in splits:
         t0 = time.perf_counter()
-        got = transcribe(model, data.splits[split], alphabet, device, beam=args.beam)
+        got = transcribe(model, data.splits[split], alphabet, device, beam=args.beam, lm=lm,
+                         lm_weight=args.lm_weight, char_bonus=args.char_bonus)
         rates = {"cer": got.rates["cer"], "wer": got.rates["wer"], "lines": len(data.splits[split]),
                  "seconds": round(time.perf_counter() - t0, 1)}
         if split == splits[0]:

@@ -151,6 +151,11 @@ class Utterances:
         return length_buckets([self.lengths], batch_size, seed, epoch)
 
 
+def transcripts(root: str | Path, split: str) -> list[str]:
+    """The texts of a split, without reading its images or audio (a language model's training text)."""
+    return [row[1] for row in _module(read_info(root)["kind"]).read_split(root, split)]
+
+
 @dataclass
 class RecognitionData:
     """A recognition dataset read for training or evaluation: its ``info`` (dataset.json), ``alphabet`` and splits."""
