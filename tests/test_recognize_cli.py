@@ -90,6 +90,13 @@ def test_resume_continues_and_refuses_a_changed_model(run_dir, capsys, tmp_path)
     code, out, err = run(capsys, "recognize", "train", "--resume", copy, "--hidden-size", "64")
     assert_user_error(code, err, "--hidden-size", "cannot be given when resuming")
     assert {n: (copy / n).read_bytes() for n in before} == before
+    config = json.loads((copy / CONFIG).read_text())
+    config["data"]["info"]["spec"]["seed"] += 1  # as if the dataset had been rebuilt with another seed since
+    (copy / CONFIG).write_text(json.dumps(config))
+    before = {n: (copy / n).read_bytes() for n in (MODEL, TRAINER_STATE)}
+    code, out, err = run(capsys, "recognize", "train", "--resume", copy, "--max-steps", "30", "--quiet")
+    assert_user_error(code, err, "changed since the run started")
+    assert {n: (copy / n).read_bytes() for n in before} == before
 
 
 def test_user_errors(run_dir, hw_dataset, capsys, tmp_path):

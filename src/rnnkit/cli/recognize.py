@@ -78,8 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir, config = resumed_config(args, KIND, DATA_FLAGS, model_flags)
         data = load_recognition(config["data"]["root"], limit=config["data"]["limit"], progress=not args.quiet)
-        if data.info.get("text_sha256") != config["data"]["info"].get("text_sha256") or \
-                data.alphabet.chars != config["data"]["info"]["alphabet"]:
+        saved = config["data"]["info"]
+        if any(data.info.get(k) != saved.get(k) for k in ("text_sha256", "spec", "alphabet")):
             raise ConfigError(f"the dataset in {config['data']['root']} changed since the run started — train a new "
                               "run on it")
         train_config = BatchTrainConfig.resumed(config["train"], train_flags)
