@@ -31,8 +31,8 @@ COMMANDS = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rnnkit", description="Recurrent neural networks: language models, classifiers, "
-                                               "forecasters, conditional generators and translators — train, "
-                                               "evaluate, sample, serve, export.")
+                                               "forecasters, conditional generators, translators and recognisers — "
+                                               "train, evaluate, sample, serve, export.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMANDS:
