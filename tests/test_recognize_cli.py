@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import require_data
+from conftest import require_data, require_tool
 from PIL import Image
 from test_classify_cli import assert_user_error
 from test_cli import run
@@ -145,11 +145,7 @@ def test_ci_installs_every_font_package_the_builder_knows():
 def test_speech_end_to_end_on_a_tiny_espeak_dataset(capsys, tmp_path):
     """rnnkit data speech builds WAV files with espeak-ng; the recogniser trains on their log-mel frames and
     transcribes a WAV file (a few steps: this checks the plumbing, not the reading)."""
-    import shutil as sh
-
-    from conftest import require_tool
-
-    require_tool(sh.which("espeak-ng") is not None, "espeak-ng is not installed", "RNNKIT_REQUIRE_SPEECH")
+    require_tool(shutil.which("espeak-ng") is not None, "espeak-ng is not installed", "RNNKIT_REQUIRE_SPEECH")
     text = require_data("spa-eng/spa.txt")
     data, run_dir = tmp_path / "speech", tmp_path / "run"
     code, out, err = run(capsys, "data", "speech", data, "--text", text, "--train", 12, "--val", 4, "--test", 4,
