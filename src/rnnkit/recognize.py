@@ -11,6 +11,7 @@ under it: each output step's most likely class, characters placed at the frames 
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,12 +85,13 @@ def plot_alignment(frames: np.ndarray, path: list[int], alphabet, stride: int, o
     import matplotlib.pyplot as plt
 
     T = len(frames)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, min(40.0, T / 40)), 3.2), sharex=True,
+    width = min(40.0, max(6.0, T / 40, len(path) * 0.16 + 1))  # room for a letter per output step
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(width, 3.4), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1]})
     top.imshow(frames.T, aspect="auto", origin="lower" if kind == "speech" else "upper",
                cmap="magma" if kind == "speech" else "gray_r", extent=(0, T, 0, frames.shape[1]))
     top.set_yticks([])
-    top.set_title(title, fontsize=9, loc="left")
+    top.set_title("\n".join(textwrap.wrap(title, int(width * 14))), fontsize=8, loc="left")
     previous = 0
     for step, cls in enumerate(path):
         x0 = step * stride
