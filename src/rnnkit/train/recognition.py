@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from rnnkit.train.batches import BatchTrainConfig, BatchTrainer
@@ -45,10 +44,10 @@ class RecognitionTrainer(BatchTrainer):
         return (figures["val_cer"], figures["val_loss"])
 
 
-@torch.no_grad()
 def scaling_of(frames: list[np.ndarray], max_frames: int = 2_000_000) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation of (a sample of at most ``max_frames`` of) the training frames."""
-    rng = np.random.default_rng(0)
-    picked = np.concatenate([frames[i] for i in rng.permutation(len(frames))][: max(1, max_frames // max(
-        1, int(np.mean([len(f) for f in frames]))))])
+    """Per-feature mean and standard deviation of the training frames (of a seeded sample of utterances holding
+    about ``max_frames`` frames, when there are more)."""
+    order = np.random.default_rng(0).permutation(len(frames))
+    mean_length = max(1, int(np.mean([len(f) for f in frames])))
+    picked = np.concatenate([frames[i] for i in order[: max(1, max_frames // mean_length)]])
     return picked.mean(0), picked.std(0)
