@@ -114,11 +114,12 @@ def test_test_text_never_trained_on(built, spa):
     seen = read_split(out, "test_seen")
     assert [t.upper() if f in caps else t for t, (_, t2, f) in zip(test, seen, strict=True)] == [t for _, t, _ in seen]
     sentences, _ = read_sentences(spa, info["alphabet"])
-    held_out = [s for s in sentences if text_split(s, spec) == "test" and len(s) > 24]
+    held_out = [s for s in sentences if text_split(s, spec.test_percent, spec.val_percent) == "test" and len(s) > 24]
     assert len(held_out) > 1000
     assert not [s for s in held_out for t in train if s in t]
     # every word of a test line comes from a test sentence
-    test_words = {w for s in sentences if text_split(s, spec) == "test" for w in s.split()}
+    test_words = {w for s in sentences if text_split(s, spec.test_percent, spec.val_percent) == "test"
+                  for w in s.split()}
     assert all(w in test_words for t in test for w in t.split())
 
 

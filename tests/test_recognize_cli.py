@@ -62,6 +62,33 @@ def test_eval_json_scores_test_and_the_seen_hands(run_dir, capsys, tmp_path):
     assert code == 0, err
     result = json.loads(out)
     assert result["lm_order"] == 3 and result["lm_weight"] == 0.7 and result["cer"] >= 0
+    text = require_data("spa-eng/spa.txt")
+    for split in ("test", "val"):
+        code, out, err = run(capsys, "recognize", "eval", run_dir, "--split", split, "--beam", "4", "--lm-order", "3",
+                             "--lm-text", text, "--json")
+        assert code == 0, err
+        assert json.loads(out)["split"] == split
+
+
+def test_lm_text_is_the_training_part_of_the_corpus_only(hw_dataset):
+    """--lm-text reads the corpus through the dataset's own text split: every sentence it keeps hashes to the
+    training part (the rule restated here by hand), and it is most of the corpus."""
+    import zlib
+
+    from rnnkit.data import speech
+    from rnnkit.data.handwriting import read_sentences
+    from rnnkit.data.recognition import lm_sentences, read_info
+
+    text = require_data("spa-eng/spa.txt")
+    spec = read_info(hw_dataset)["spec"]
+    held_out = spec["test_percent"] + spec["val_percent"]
+    kept = lm_sentences(hw_dataset, text)
+    every, _ = read_sentences(text)
+    assert all(zlib.crc32(s.lower().encode()) % 100 >= held_out for s in kept)
+    assert len(kept) == sum(zlib.crc32(s.lower().encode()) % 100 >= held_out for s in every) > 50_000
+    labels = speech.training_sentences({"spec": {"min_chars": 10, "max_chars": 80}}, text)
+    assert all(zlib.crc32(s.encode()) % 20 >= 2 for s in labels)
+    assert 0.85 < len(labels) / len(speech.read_sentences(text)) < 0.95
 
 
 def test_predict_reads_images_the_dataset_did_not_make(run_dir, hw_dataset, capsys, tmp_path):
@@ -112,6 +139,10 @@ def test_user_errors(run_dir, hw_dataset, capsys, tmp_path):
         (["recognize", "eval", run_dir, "--split", "nope"], "no split"),
         (["recognize", "eval", tmp_path], "config.json"),
         (["recognize", "eval", run_dir, "--lm-order", "3"], "--beam"),
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm-text", hw_dataset / "dataset.json"], "--lm-order"),
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm-order", "3", "--lm-text", tmp_path / "no.txt"],
+         "cannot be read"),
+        (["recognize", "train", "--data", hw_dataset, "--freq-masks", "-1"], "--freq-masks"),
         (["data", "handwriting", tmp_path / "hw", "--text", tmp_path / "none.txt"], "not found"),
         (["data", "handwriting", tmp_path / "hw2", "--font-dir", tmp_path], "fonts-"),
         (["data", "speech", tmp_path / "sp", "--snr", "loud"], "--snr"),

@@ -16,7 +16,6 @@ from rnnkit.data.batching import length_buckets
 from rnnkit.data.recognition import Alphabet, Utterances, load_recognition, read_info
 from rnnkit.errors import ConfigError, CorpusError
 from rnnkit.models import CTCRecognizer, CTCRecognizerConfig
-from rnnkit.train.batches import BatchTrainConfig
 
 
 def small(**kw) -> CTCRecognizer:
@@ -146,7 +145,7 @@ def test_trainer_learns_to_read_real_handwriting(hw_dataset, tmp_path):
     """A small recogniser trained for a minute reads held-out text in the training hands with a character error
     rate far below an untrained model's (which emits nothing or noise: about 100%)."""
     from rnnkit.recognize import transcribe
-    from rnnkit.train.recognition import RecognitionTrainer, scaling_of
+    from rnnkit.train.recognition import RecognitionTrainConfig, RecognitionTrainer, scaling_of
 
     data = load_recognition(hw_dataset, splits=("train", "val"))
     train = data.splits["train"]
@@ -156,8 +155,8 @@ def test_trainer_learns_to_read_real_handwriting(hw_dataset, tmp_path):
                                               dropout=0.1))
     model.set_scaling(*scaling_of(train.frames))
     before = transcribe(model, data.splits["val"], data.alphabet)
-    config = BatchTrainConfig(batch_size=16, lr=3e-3, max_steps=600, eval_interval=300, warmup_steps=10,
-                              device="cpu", seed=0)
+    config = RecognitionTrainConfig(batch_size=16, lr=3e-3, max_steps=600, eval_interval=300, warmup_steps=10,
+                                    device="cpu", seed=0)
     trainer = RecognitionTrainer(model, train, data.splits["val"], data.alphabet, config, tmp_path / "run",
                                  show_progress=False)
     summary = trainer.fit()
@@ -203,3 +202,80 @@ def test_a_character_lm_steers_the_beam_toward_real_words():
     assert abc.decode(ctc.beam_decode(lp, beam=5)[0]) == "cet"
     lm = char_lm(["a cat ate", "at tea", "a tea cat", "cat"] * 5, ["cat at a tea"], abc, order=3)
     assert abc.decode(ctc.beam_decode(lp, beam=5, lm=lm, lm_weight=1.0)[0]) == "cat"
+
+
+def _runs(flags: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, width) of each run of True in a 1-D bool tensor."""
+    runs, start = [], None
+    for i, f in enumerate([*flags.tolist(), False]):
+        if f and start is None:
+            start = i
+        elif not f and start is not None:
+            runs.append((start, i - start))
+            start = None
+    return runs
+
+
+def test_masks_cover_bands_and_runs_within_each_length_and_leave_padding():
+    from rnnkit.train.recognition import mask_frames
+
+    B, T, C = 64, 120, 40
+    x = torch.randn(B, T, C)
+    lengths = torch.randint(5, T + 1, (B,))
+    fill = torch.linspace(10, 11, C)  # no frame value comes near: every filled cell is recognisable
+    torch.manual_seed(0)
+    y = mask_frames(x, lengths, fill, freq_masks=2, freq_width=7, time_masks=3, time_width=15)
+    filled = y == fill
+    assert torch.equal(y[~filled], x[~filled])  # everything else as it was
+    widest_seen = 0
+    for b in range(B):
+        L = int(lengths[b])
+        assert not filled[b, L:].any()  # padding is left as it was
+        rows = filled[b, :L].all(1)  # frames masked across every feature: the time masks
+        cols = filled[b, :L][~rows]  # the other frames show the frequency bands, the same in each
+        assert (cols == cols[0]).all()
+        assert torch.equal(filled[b, :L], rows[:, None] | cols[0][None, :])
+        runs, bands = _runs(rows), _runs(cols[0])
+        assert len(runs) <= 3 and all(w <= 3 * min(15, L // 5) for _, w in runs)  # runs may touch or overlap
+        assert len(bands) <= 2 and all(w <= 14 for _, w in bands)
+        widest_seen = max(widest_seen, max((w for _, w in bands), default=0))
+    assert widest_seen >= 5  # widths are drawn up to the limit, not stuck at zero
+
+
+def test_masks_are_reproducible_from_the_global_seed_and_zero_masks_change_nothing():
+    from rnnkit.train.recognition import mask_frames
+
+    x, lengths, fill = torch.randn(4, 50, 8), torch.tensor([50, 40, 30, 10]), torch.zeros(8)
+    torch.manual_seed(3)
+    a = mask_frames(x, lengths, fill, 1, 4, 2, 10)
+    torch.manual_seed(3)
+    b = mask_frames(x, lengths, fill, 1, 4, 2, 10)
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.equal(mask_frames(x, lengths, fill, 0, 4, 0, 10), x)
+    assert torch.equal(mask_frames(x, lengths, fill, 3, 0, 3, 0), x)  # zero widths mask nothing
+
+
+def test_trainer_masks_training_inputs_only(hw_dataset, tmp_path):
+    """With masks on, the model sees the training mean in masked cells while training; validation reads the
+    frames as they are."""
+    from rnnkit.train.recognition import RecognitionTrainConfig, RecognitionTrainer, scaling_of
+
+    data = load_recognition(hw_dataset, splits=("train", "val"), limit=64)
+    train = data.splits["train"]
+    model = CTCRecognizer(CTCRecognizerConfig(input_size=train.feature_size, num_classes=data.alphabet.num_classes,
+                                              hidden_size=8, num_layers=1, conv_channels=4))
+    model.set_scaling(*scaling_of(train.frames))
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, args[0].clone())))
+    config = RecognitionTrainConfig(batch_size=16, max_steps=2, eval_interval=2, device="cpu", freq_masks=2,
+                                    freq_mask_width=6, time_masks=2, time_mask_width=8)
+    RecognitionTrainer(model, train, data.splits["val"], data.alphabet, config, tmp_path / "run",
+                       show_progress=False).fit()
+    mean = model.input_mean
+    trained = [x for training, x in seen if training]
+    validated = [x for training, x in seen if not training]
+    assert len(trained) == 2 and validated
+    assert all((x == mean).all(-1).any() for x in trained)  # whole masked frames in every training batch
+    assert not any((x == mean).all(-1).any() for x in validated)
+    with pytest.raises(ConfigError, match="--time-masks"):
+        RecognitionTrainConfig(time_masks=-1)

@@ -20,7 +20,7 @@ SEEN_SPLIT = {"handwriting": "test_seen", "speech": "test_seen_voice"}  # the te
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from rnnkit.models.recognizer import CTCRecognizerConfig
-    from rnnkit.train.batches import BatchTrainConfig
+    from rnnkit.train.recognition import RecognitionTrainConfig
 
     group = sub.add_parser("recognize", help="CTC recognition: handwriting lines and speech",
                            description="Train, apply and score a CTC recogniser (frames in, characters out).")
@@ -33,7 +33,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N training lines (quick runs)")
     add_run_args(p, "recognize-")
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, CTCRecognizerConfig, "model"),
-                   train_flags=add_dataclass_args(p, BatchTrainConfig, "training"))
+                   train_flags=add_dataclass_args(p, RecognitionTrainConfig, "training"))
 
     p = verbs.add_parser("predict", help="transcribe images (handwriting) or WAV files (speech)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -53,6 +53,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lm-order", type=int, default=0, metavar="N",
                    help="with --beam: weigh prefixes by a character N-gram of the dataset's training and validation "
                         "text (0: none)")
+    p.add_argument("--lm-text", type=Path, metavar="FILE",
+                   help="with --lm-order: the n-gram also reads the sentences of FILE that the dataset's text split "
+                        "puts in its training part (e.g. the corpus the dataset was built from); held-out sentences "
+                        "are never read")
     p.add_argument("--lm-weight", type=float, default=0.5, help="weight of the language model's log-probability")
     p.add_argument("--char-bonus", type=float, default=0.0, help="score added per emitted character (with the LM)")
     p.add_argument("--examples", type=int, default=5, help="transcripts to print with their references")
@@ -69,8 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import FORMAT_VERSION, build_model
     from rnnkit.data.recognition import load_recognition
     from rnnkit.models.recognizer import CTCRecognizer, CTCRecognizerConfig
-    from rnnkit.train.batches import BatchTrainConfig
-    from rnnkit.train.recognition import RecognitionTrainer, scaling_of
+    from rnnkit.train.recognition import RecognitionTrainConfig, RecognitionTrainer, scaling_of
 
     model_flags, train_flags = given(args, args.model_flags), given(args, args.train_flags)
     if args.limit is not None and args.limit <= 0:
@@ -82,13 +85,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         if any(data.info.get(k) != saved.get(k) for k in ("text_sha256", "spec", "alphabet")):
             raise ConfigError(f"the dataset in {config['data']['root']} changed since the run started — train a new "
                               "run on it")
-        train_config = BatchTrainConfig.resumed(config["train"], train_flags)
+        train_config = RecognitionTrainConfig.resumed(config["train"], train_flags)
         model = build_model(config)
     else:
         if not args.data:
             raise ConfigError("no data given — pass --data DIR, a dataset built by rnnkit data handwriting|speech")
         run_dir = new_run_dir(args, "recognize")
-        train_config = BatchTrainConfig(**{"batch_size": 32, "lr": 2e-3, **train_flags})
+        train_config = RecognitionTrainConfig(**{"batch_size": 32, "lr": 2e-3, **train_flags})
         if not (train_config.epochs or train_config.max_steps or train_config.minutes):
             train_config.epochs = 20.0
         CTCRecognizerConfig(input_size=32, num_classes=2, **model_flags)  # a bad flag fails before the data loads
@@ -183,17 +186,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"the dataset in {root} has another alphabet than the model — score it on the dataset "
                           "it was trained on")
     lm = None
+    if args.lm_text and not args.lm_order:
+        raise ConfigError("--lm-text feeds the language model — give --lm-order too, e.g. --beam 10 --lm-order 5")
     if args.lm_order:
         if args.lm_order < 1 or args.beam < 2:
             raise ConfigError(f"--lm-order {args.lm_order} needs --lm-order >= 1 and --beam >= 2 — e.g. --beam 10 "
                               "--lm-order 5")
-        from rnnkit.data.recognition import transcripts
+        from rnnkit.data.recognition import lm_sentences, transcripts
         from rnnkit.recognize import char_lm
 
         train_text, val_text = transcripts(root, "train"), transcripts(root, "val")
         if "val" in splits:  # scoring the validation text (to choose --lm-weight): the LM must not have read it
             cut = len(train_text) * 9 // 10
             train_text, val_text = train_text[:cut], train_text[cut:]
+        if args.lm_text:
+            extra = lm_sentences(root, args.lm_text)
+            if "val" in splits:  # the training transcripts are drawn from these sentences: tune on a tenth of them
+                train_text, val_text = [s for i, s in enumerate(extra) if i % 10], extra[::10]
+            else:
+                train_text = train_text + extra
         lm = char_lm(train_text, val_text, alphabet, args.lm_order)
     result = {"kind": kind, "split": splits[0], "beam": args.beam, "lm_order": args.lm_order,
               "lm_weight": args.lm_weight if lm else 0.0, "char_bonus": args.char_bonus if lm else 0.0}

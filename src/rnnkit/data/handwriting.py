@@ -136,10 +136,18 @@ def read_sentences(path: str | Path, alphabet: str = ALPHABET) -> tuple[list[str
     return list(kept), dropped
 
 
-def text_split(sentence: str, spec: HandwritingSpec) -> str:
+def text_split(sentence: str, test_percent: int, val_percent: int) -> str:
     """"train", "val" or "test": crc32 of the lower-cased sentence."""
     h = zlib.crc32(sentence.lower().encode("utf-8")) % 100
-    return "test" if h < spec.test_percent else "val" if h < spec.test_percent + spec.val_percent else "train"
+    return "test" if h < test_percent else "val" if h < test_percent + val_percent else "train"
+
+
+def training_sentences(info: dict, path: str | Path) -> list[str]:
+    """The sentences of ``path`` (within the dataset's alphabet) that the dataset's text split puts in its training
+    part: text a language model may read without seeing a validation or test sentence."""
+    spec = info["spec"]
+    sentences, _ = read_sentences(path, info["alphabet"])
+    return [s for s in sentences if text_split(s, spec["test_percent"], spec["val_percent"]) == "train"]
 
 
 def pack_lines(sentences: list[str], count: int, max_chars: int, rng: np.random.Generator) -> list[str]:
@@ -238,7 +246,7 @@ def build_handwriting(out: str | Path, spec: HandwritingSpec, progress: bool = T
     sentences, dropped_sentences = read_sentences(spec.text, hands.alphabet)
     parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for s in sentences:
-        parts[text_split(s, spec)].append(s)
+        parts[text_split(s, spec.test_percent, spec.val_percent)].append(s)
     for part, ss in parts.items():
         if not ss:
             raise CorpusError(f"{spec.text} gives no {part} sentence ({len(sentences)} in all) — pass a larger corpus")

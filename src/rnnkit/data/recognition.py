@@ -156,6 +156,13 @@ def transcripts(root: str | Path, split: str) -> list[str]:
     return [row[1] for row in _module(read_info(root)["kind"]).read_split(root, split)]
 
 
+def lm_sentences(root: str | Path, path: str | Path) -> list[str]:
+    """The sentences of the text file ``path`` in the training part of the dataset's text split (the rule that
+    built the dataset, by checksum of each sentence): more text for a language model, none of it held out."""
+    info = read_info(root)
+    return _module(info["kind"]).training_sentences(info, path)
+
+
 @dataclass
 class RecognitionData:
     """A recognition dataset read for training or evaluation: its ``info`` (dataset.json), ``alphabet`` and splits."""

@@ -202,6 +202,14 @@ def text_part(label: str) -> str:
     return "test" if bucket == 0 else "val" if bucket == 1 else "train"
 
 
+def training_sentences(info: dict, path: str | Path) -> list[str]:
+    """The labels of ``path``'s sentences that ``text_part`` puts in the training part: text a language model may
+    read without seeing a validation or test sentence."""
+    spec = info["spec"]
+    return [label for _, label in read_sentences(path, spec["min_chars"], spec["max_chars"])
+            if text_part(label) == "train"]
+
+
 def _voice(rng: np.random.Generator, accents: tuple[str, ...], variants: tuple[str, ...]) -> str:
     return f"{accents[rng.integers(len(accents))]}+{variants[rng.integers(len(variants))]}"
 
