@@ -507,6 +507,29 @@ def test_ngram_counts_every_token_and_the_end(order):
         NgramModel(0, 5)
 
 
+@pytest.mark.parametrize("order,vocab", [(1, 5), (3, 5), (5, 7), (3, 2 ** 21)])
+def test_ngram_counts_equal_counting_each_event_by_hand(order, vocab):
+    """The NumPy counting against a loop over every (history, target) event; the last case has too many possible
+    events for one integer code and counts rows instead."""
+    from collections import Counter
+
+    rng = np.random.default_rng(order)
+    seqs = [rng.integers(0, 5, int(rng.integers(0, 12))).tolist() for _ in range(30)] + [[]]
+    seqs[3] = [vocab - 1, 2, vocab - 1]
+    model = NgramModel(order, vocab).fit(seqs)
+    counts = [Counter() for _ in range(order)]
+    contexts = [Counter() for _ in range(order)]
+    for seq in seqs:
+        framed = [0] * (order - 1) + seq + [0]
+        for i in range(order - 1, len(framed)):
+            for k in range(order):
+                counts[k][(tuple(framed[i - k:i]), framed[i])] += 1
+                contexts[k][tuple(framed[i - k:i])] += 1
+    assert model.counts == counts and model.context_counts == contexts
+    with pytest.raises(ValueError, match="token ids"):
+        NgramModel(order, vocab).fit([[vocab]])
+
+
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_ngram_tune_is_the_grid_argmin(order):
     corpus = markov_corpus(300, 6, seed=10 + order)

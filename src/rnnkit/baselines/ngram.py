@@ -35,15 +35,37 @@ class NgramModel:
             yield tuple(framed[i - self.order + 1:i]), framed[i]
 
     def fit(self, sequences: Sequence[Sequence[int]]) -> NgramModel:
+        """Count every (context, target) of every order. The events are counted as integer codes by NumPy (millions
+        of characters in seconds), then kept as Counters keyed by ``(context tuple, target)``."""
         self._rows: dict = {}
         self.counts = [Counter() for _ in range(self.order)]  # k: (last k tokens of history, target)
         self.context_counts = [Counter() for _ in range(self.order)]
-        for seq in sequences:
-            for history, target in self._events(seq):
-                for k in range(self.order):
-                    ctx = history[len(history) - k:] if k else ()
-                    self.counts[k][(ctx, target)] += 1
-                    self.context_counts[k][ctx] += 1
+        n, V = self.order, self.vocab_size
+        framed = [np.concatenate([np.zeros(n - 1, np.int64), np.asarray(seq, np.int64).reshape(-1), [0]])
+                  for seq in sequences]
+        if not framed:
+            return self
+        tokens = np.concatenate(framed)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= V):
+            raise ValueError(f"token ids must lie in [0, {V}) (got {tokens.min()}..{tokens.max()})")
+        ends = np.cumsum([len(f) for f in framed])
+        # the window ending at each target: its n - 1 tokens of history and the target; windows never cross a
+        # sequence's start, which is framed by n - 1 boundaries
+        targets = np.concatenate([np.arange(e - len(f) + n - 1, e) for f, e in zip(framed, ends, strict=True)])
+        windows = np.lib.stride_tricks.sliding_window_view(tokens, n)[targets - (n - 1)]  # (N, n)
+        for k in range(n):
+            events = windows[:, n - 1 - k:]  # (N, k + 1): the last k tokens of history and the target
+            codes = np.zeros(len(events), np.int64)
+            if V ** (k + 1) < 2 ** 62:
+                for j in range(k + 1):
+                    codes = codes * V + events[:, j]
+                _, first, count = np.unique(codes, return_index=True, return_counts=True)
+            else:  # too many possible events for one integer: count rows
+                _, first, count = np.unique(events, axis=0, return_index=True, return_counts=True)
+            for row, c in zip(events[first].tolist(), count.tolist(), strict=True):
+                ctx = tuple(row[:-1])
+                self.counts[k][(ctx, row[-1])] = c
+                self.context_counts[k][ctx] += c
         return self
 
     def component_probs(self, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
