@@ -39,7 +39,7 @@ def mask_frames(x: Tensor, lengths: Tensor, fill: Tensor, freq_masks: int, freq_
                 time_width: int) -> Tensor:
     """``x (B, T, C)`` with, per input, ``freq_masks`` bands of features of width uniform in [0, freq_width] and
     ``time_masks`` runs of frames of width uniform in [0, min(time_width, length // 5)] set to ``fill (C,)`` (the
-    training mean: zero once standardised). Runs lie within each input's ``lengths``; padding is left as it was.
+    training mean: zero once standardised). Masks lie within each input's ``lengths``; padding is left as it was.
     Positions come from torch's global generator, so a resumed run masks as an uninterrupted one would."""
     B, T, C = x.shape
     masked = torch.zeros(B, T, C, dtype=torch.bool)
