@@ -195,16 +195,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from rnnkit.data.recognition import lm_sentences, transcripts
         from rnnkit.recognize import char_lm
 
-        train_text, val_text = transcripts(root, "train"), transcripts(root, "val")
-        if "val" in splits:  # scoring the validation text (to choose --lm-weight): the LM must not have read it
-            cut = len(train_text) * 9 // 10
-            train_text, val_text = train_text[:cut], train_text[cut:]
-        if args.lm_text:
-            extra = lm_sentences(root, args.lm_text)
-            if "val" in splits:  # the training transcripts are drawn from these sentences: tune on a tenth of them
-                train_text, val_text = [s for i, s in enumerate(extra) if i % 10], extra[::10]
-            else:
-                train_text = train_text + extra
+        # scoring the validation text (to choose --lm-weight), the LM must not have read it: it is tuned on a tenth
+        # of the training text instead (of the corpus's sentences with --lm-text: the transcripts are drawn from them)
+        train_text = lm_sentences(root, args.lm_text) if args.lm_text else transcripts(root, "train")
+        if "val" in splits:
+            train_text, val_text = [s for i, s in enumerate(train_text) if i % 10], train_text[::10]
+        else:
+            train_text += transcripts(root, "train") if args.lm_text else []
+            val_text = transcripts(root, "val")
         lm = char_lm(train_text, val_text, alphabet, args.lm_order)
     result = {"kind": kind, "split": splits[0], "beam": args.beam, "lm_order": args.lm_order,
               "lm_weight": args.lm_weight if lm else 0.0, "char_bonus": args.char_bonus if lm else 0.0}
