@@ -141,6 +141,22 @@ def test_frames_are_cached_and_a_damaged_cache_is_rebuilt(hw_dataset):
     assert len(limited.splits["train"]) == 5 and len(limited.splits["val"]) == len(first.splits["val"])
 
 
+def test_frames_read_in_worker_processes_match_reading_each_file_here(hw_dataset):
+    """The feature cache built by two worker processes holds, in the split's order, each file's frames as
+    ``featurizer`` reads it here (at the cache's float16 precision)."""
+    from rnnkit.data.handwriting import read_split
+    from rnnkit.data.recognition import featurizer
+
+    for cache in (hw_dataset / ".frames").glob("val-*.npz"):
+        cache.unlink()
+    parallel = load_recognition(hw_dataset, splits=("val",), workers=2).splits["val"].frames
+    read = featurizer(read_info(hw_dataset))
+    files = [row[0] for row in read_split(hw_dataset, "val")]
+    assert len(parallel) == len(files) > 2
+    for frames, path in zip(parallel, files, strict=True):
+        assert np.array_equal(frames, read(path).astype(np.float16).astype(np.float32))
+
+
 def test_trainer_learns_to_read_real_handwriting(hw_dataset, tmp_path):
     """A small recogniser trained for a minute reads held-out text in the training hands with a character error
     rate far below an untrained model's (which emits nothing or noise: about 100%)."""

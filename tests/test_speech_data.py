@@ -286,3 +286,24 @@ def test_missing_espeak_or_extra_is_one_line(corpus, tmp_path, monkeypatch):
     with pytest.raises(CorpusError) as e:
         wav_frames(tmp_path / "x.wav")
     assert "pip install 'rnnkit[recognize]'" in one_line(e)
+
+
+def _thread_setting(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)
+
+
+def test_worker_processes_run_one_thread_each_and_keep_the_order(monkeypatch):
+    """``map_jobs``: results in the jobs' order from 2 spawned workers, each limited to one BLAS/OpenMP thread,
+    and the caller's own settings as they were afterwards."""
+    from rnnkit.data.parallel import THREAD_VARIABLES, map_jobs
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    jobs = [v for v in THREAD_VARIABLES for _ in range(3)]
+    assert map_jobs(_thread_setting, jobs, workers=2, start="spawn", chunksize=1) == ["1"] * len(jobs)
+    assert map_jobs(len, ["a", "bb", "ccc"], workers=2, start="spawn") == [1, 2, 3]
+    import os
+
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ

@@ -45,6 +45,7 @@ import numpy as np
 
 from rnnkit.data.built import read_rows
 from rnnkit.data.handwriting_render import ALPHABET, FONT_FILES, FONT_PACKAGES, Hand, find_hands, image_frames
+from rnnkit.data.parallel import default_workers, map_jobs
 from rnnkit.errors import ConfigError, CorpusError
 
 __all__ = ["ALPHABET", "FONT_FILES", "FONT_PACKAGES", "HandwritingSpec", "build_handwriting", "find_hands",
@@ -268,7 +269,8 @@ def build_handwriting(out: str | Path, spec: HandwritingSpec, progress: bool = T
             rel, label = f"{split}/{i:06d}.png", hand.label(text)
             rows[split].append(f"{rel}\t{label}\t{hand.name}\n")
             jobs.append((str(out), rel, label, hand.path, [spec.seed, k, i, 1], level, spec.height))
-    widths = _run(jobs, progress, workers)
+    widths = map_jobs(_render, jobs, workers or default_workers(4), progress, unit="line", desc="drawing",
+                      chunksize=16)
     info = {"kind": KIND, "format_version": FORMAT_VERSION, "spec": spec_dict, "text_sha256": sha,
             "alphabet": hands.alphabet, "layout": layout_engine(), "splits": {}, "fonts": {},
             "dropped_fonts": hands.dropped, "sentences": {p: len(ss) for p, ss in parts.items()},
@@ -292,28 +294,6 @@ def build_handwriting(out: str | Path, spec: HandwritingSpec, progress: bool = T
         print(f"handwriting: {sizes} lines in {len(hands.train)} training fonts; dropped: {hands.dropped or 'none'}",
               file=sys.stderr)
     return info
-
-
-def _run(jobs: list[tuple], progress: bool, workers: int | None) -> list[int]:
-    from tqdm import tqdm
-
-    workers = max(1, min(workers or os.cpu_count() or 1, 4, len(jobs)))
-    bar = tqdm(total=len(jobs), unit="line", desc="drawing", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, mininterval=0.5)
-    widths: list[int] = []
-    with bar:
-        if workers == 1:
-            for job in jobs:
-                widths.append(_render(job))
-                bar.update()
-        else:
-            import multiprocessing
-
-            with multiprocessing.get_context().Pool(workers) as pool:
-                for w in pool.imap(_render, jobs, chunksize=16):
-                    widths.append(w)
-                    bar.update()
-    return widths
 
 
 def read_dataset(root: str | Path) -> dict:

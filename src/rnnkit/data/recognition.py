@@ -6,8 +6,8 @@ frames the same way for training and for ``rnnkit recognize predict``: an image 
 (``image_frames``: T = width, C = height, ink = 1), a WAV file into log-mel frames (``wav_frames``: C = n_mels).
 
 Targets are characters of the dataset's alphabet; class 0 is the CTC blank, class i is ``alphabet[i - 1]``.
-Features are cached per split as ``.npy`` files beside the data (``<dir>/.frames/<split>.npy``, a flat float16 array
-and the row lengths), keyed by the dataset's identity and this module's feature version, so a second training run
+Features are cached per split beside the data (``<dir>/.frames/<split>-<key>.npz``, a flat float16 array and the
+row lengths), keyed by the dataset's identity and this module's feature version, so a second training run
 reads them in a second instead of decoding thousands of PNG or WAV files again.
 """
 
@@ -24,10 +24,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.data.batching import to_device
+from rnnkit.data.parallel import default_workers, map_jobs
 from rnnkit.errors import ConfigError, CorpusError
 
 KINDS = ("handwriting", "speech")
 FEATURE_VERSION = 1
+PARALLEL_FROM = 500  # files: below this, starting worker processes costs more than it saves
 
 
 def read_info(root: str | Path) -> dict:
@@ -103,7 +106,8 @@ class RecognitionBatch:
     target_lengths: Tensor
 
     def to(self, device) -> RecognitionBatch:
-        return RecognitionBatch(self.x.to(device), self.lengths, self.targets.to(device), self.target_lengths)
+        return RecognitionBatch(to_device(self.x, device), self.lengths, to_device(self.targets, device),
+                                self.target_lengths)
 
 
 class Utterances:
@@ -178,8 +182,10 @@ class RecognitionData:
 
 
 def load_recognition(root: str | Path, splits: Sequence[str] = ("train", "val"), limit: int | None = None,
-                     progress: bool = False) -> RecognitionData:
-    """Read ``splits`` of the dataset in ``root``; ``limit`` keeps the first N training utterances (quick runs)."""
+                     progress: bool = False, workers: int | None = None) -> RecognitionData:
+    """Read ``splits`` of the dataset in ``root``; ``limit`` keeps the first N training utterances (quick runs).
+    Files not yet in the feature cache are read by ``workers`` processes (default: one per core, from
+    ``PARALLEL_FROM`` files up; the frames are the same whatever the number)."""
     root = Path(root)
     info = read_info(root)
     alphabet = Alphabet(info["alphabet"])
@@ -189,13 +195,19 @@ def load_recognition(root: str | Path, splits: Sequence[str] = ("train", "val"),
         rows = reader(root, split)[:limit] if limit and split == "train" else reader(root, split)
         if not rows:
             raise CorpusError(f"the {split} split of {root} is empty — build the dataset with more lines")
-        frames = _cached_frames(root, info, split, [r[0] for r in rows], progress)
+        frames = _cached_frames(root, info, split, [r[0] for r in rows], progress, workers)
         out[split] = Utterances(frames, [alphabet.encode(r[1]) for r in rows], [r[1] for r in rows],
                                 [r[2] for r in rows])
     return RecognitionData(root, info, alphabet, out)
 
 
-def _cached_frames(root: Path, info: dict, split: str, files: list[Path], progress: bool) -> list[np.ndarray]:
+def _frames_of(job: tuple[dict, Path]) -> np.ndarray:
+    info, path = job
+    return featurizer(info)(path).astype(np.float16)
+
+
+def _cached_frames(root: Path, info: dict, split: str, files: list[Path], progress: bool,
+                   workers: int | None = None) -> list[np.ndarray]:
     key = hashlib.sha256(json.dumps([FEATURE_VERSION, info.get("spec"), info.get("features"), split,
                                      [f.name for f in files]], sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = root / ".frames" / f"{split}-{key}.npz"
@@ -206,16 +218,16 @@ def _cached_frames(root: Path, info: dict, split: str, files: list[Path], progre
             return [a.astype(np.float32) for a in np.split(flat, np.cumsum(lengths)[:-1])]
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache is rebuilt below
-    featurize = featurizer(info)
-    from tqdm import tqdm
-
-    frames = [featurize(f) for f in tqdm(files, desc=f"reading {split}", unit="file", disable=not progress,
-                                          leave=False)]
+    if workers is None:
+        workers = default_workers() if len(files) >= PARALLEL_FROM else 1
+    needs = {k: info[k] for k in ("kind", "spec", "features") if k in info}
+    frames = map_jobs(_frames_of, [(needs, f) for f in files], workers, progress, desc=f"reading {split}",
+                      chunksize=32, start="spawn")
     try:
         cache.parent.mkdir(exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
-        np.savez(tmp, frames=np.concatenate(frames).astype(np.float16), lengths=np.array([len(f) for f in frames]))
+        np.savez(tmp, frames=np.concatenate(frames), lengths=np.array([len(f) for f in frames]))
         os.replace(tmp, cache)
     except OSError:
         pass  # a read-only dataset directory: no cache, same frames
-    return [f.astype(np.float16).astype(np.float32) for f in frames]  # the cached precision, on every run
+    return [f.astype(np.float32) for f in frames]  # the cached precision (float16), on every run

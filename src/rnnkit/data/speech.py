@@ -56,6 +56,7 @@ from rnnkit.data import audio
 from rnnkit.data.audio import wav_frames
 from rnnkit.data.built import read_rows
 from rnnkit.data.datasets import sha256_file
+from rnnkit.data.parallel import map_jobs
 from rnnkit.errors import ConfigError, CorpusError
 
 FORMAT = 1
@@ -337,7 +338,7 @@ def build_speech(out: str | Path, spec: SpeechSpec, progress: bool = True, worke
         (out / split).mkdir(parents=True, exist_ok=True)
     _write_atomic(out / ".building.json", json.dumps(identity | {"spec": spec.to_json()}, indent=1))
     jobs = [(u, out, spec.sample_rate) for split in SPLITS for u in utterances[split]]
-    seconds = _run(jobs, workers, progress)
+    seconds = map_jobs(_render_file, jobs, workers, progress, unit="clip", start="spawn")
     train_words = {w for u in utterances["train"] for w in u.label.split()}
     dataset = identity | {"spec": spec.to_json(), "espeak": audio.espeak_version(), "alphabet": ALPHABET,
                           "features": spec.features, "sentences": Counter(text_part(s[1]) for s in sentences),
@@ -358,21 +359,6 @@ def build_speech(out: str | Path, spec: SpeechSpec, progress: bool = True, worke
     _write_atomic(out / "dataset.json", json.dumps(dataset, indent=1))
     (out / ".building.json").unlink()
     return dataset
-
-
-def _run(jobs: list, workers: int, progress: bool) -> list[float]:
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), unit="clip", disable=not progress, dynamic_ncols=True, mininterval=0.5)
-    try:
-        if workers <= 1:
-            return [(_render_file(j), bar.update())[0] for j in jobs]
-        from multiprocessing import get_context
-
-        with get_context("spawn").Pool(workers) as pool:
-            return [(s, bar.update())[0] for s in pool.imap(_render_file, jobs, chunksize=8)]
-    finally:
-        bar.close()
 
 
 def read_dataset(out: str | Path) -> dict:
