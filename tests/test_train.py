@@ -190,6 +190,20 @@ def test_auto_device_gives_each_process_a_gpu_or_takes_the_cpu(monkeypatch, gpus
     assert resolve_device("auto").type == expected
 
 
+def test_batches_reach_the_device_unchanged():
+    """``to_device``: the same values on the target device; on a GPU through pinned memory, the source tensor
+    left as it was (pageable, on the CPU). Runs its GPU half only where there is a GPU."""
+    from rnnkit.data.batching import to_device
+
+    x = torch.arange(12, dtype=torch.int64).view(3, 4)
+    here = to_device(x, "cpu")
+    assert here.device.type == "cpu" and torch.equal(here, x)
+    if torch.cuda.is_available():
+        there = to_device(x, "cuda")
+        assert there.device.type == "cuda" and torch.equal(there.cpu(), x) and not x.is_pinned()
+        assert to_device(there, "cuda") is there
+
+
 def test_learns_real_text(shakespeare, tmp_path):
     """200 steps on Tiny Shakespeare take validation loss far below the unigram model's (which knows only
     character frequencies): the model has learnt how characters follow each other."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.data.batching import to_device
 from rnnkit.data.datasets import sha256_file
 from rnnkit.data.labeled import read_labeled_texts, stratified_split
 from rnnkit.data.streams import IGNORE_INDEX
@@ -79,7 +80,8 @@ class ConditionedBatch:
     condition: Tensor  # (B,) int64 class ids, or (B, F) float32 features
 
     def to(self, device: torch.device) -> ConditionedBatch:
-        return ConditionedBatch(self.x.to(device), self.y.to(device), self.lengths, self.condition.to(device))
+        return ConditionedBatch(to_device(self.x, device), to_device(self.y, device), self.lengths,
+                                to_device(self.condition, device))
 
 
 class ConditionedSequences:

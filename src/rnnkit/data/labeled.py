@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.data.batching import to_device
 from rnnkit.errors import CorpusError, VocabularyError
 
 PAD, UNK = "<pad>", "<unk>"
@@ -144,7 +145,7 @@ class Batch:
     y: Tensor  # (B,) int64 class ids, or (B, ...) float32 targets
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.x.to(device), self.lengths, self.y.to(device))
+        return Batch(to_device(self.x, device), self.lengths, to_device(self.y, device))
 
 
 class Examples:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.data.batching import to_device
 from rnnkit.data.datasets import sha256_file
 from rnnkit.data.streams import IGNORE_INDEX
 from rnnkit.errors import ConfigError, CorpusError
@@ -176,7 +177,8 @@ class TranslationBatch:
     tgt_out: Tensor  # (B, T) target ids + EOS, IGNORE_INDEX past each length
 
     def to(self, device) -> TranslationBatch:
-        return TranslationBatch(*(t.to(device) for t in (self.src, self.src_lengths, self.tgt_in, self.tgt_out)))
+        tensors = (self.src, self.src_lengths, self.tgt_in, self.tgt_out)
+        return TranslationBatch(*(to_device(t, device) for t in tensors))
 
 
 class _Ragged:

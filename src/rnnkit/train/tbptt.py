@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rnnkit.data.batching import to_device
 from rnnkit.data.streams import IGNORE_INDEX, Streams
 from rnnkit.errors import ConfigError, CorpusError
 from rnnkit.nn.cells import State
@@ -144,7 +145,7 @@ class Trainer(LoopTrainer):
         self.window += 1
         rows = self.ranks.rows(self.config.batch_size)
         x, y, window_targets = x[rows], y[rows], int((y != IGNORE_INDEX).sum())
-        return x.to(self.device), y.to(self.device), window_targets, int((y != IGNORE_INDEX).sum())
+        return to_device(x, self.device), to_device(y, self.device), window_targets, int((y != IGNORE_INDEX).sum())
 
     # -- the LoopTrainer hooks -------------------------------------------------------------------------------
     def train_step(self) -> tuple[Tensor, Tensor, int]:
