@@ -123,6 +123,31 @@ def test_predict_texts_from_arguments_and_stdin(text_run, capsys, monkeypatch):
             assert q["probability"] == pytest.approx(float(p[config["classes"].index(q["label"])]), abs=1e-4)
 
 
+def test_no_validation_split_trains_on_all_of_the_training_part_and_keeps_the_final_weights(tmp_path, capsys):
+    """--val-fraction 0: every non-test example trains, validation never runs, best.safetensors is the last
+    checkpoint's weights, and eval scores them; the same split's test examples as with a validation split."""
+    tsv = sentiment_sample(tmp_path / "sentiment.tsv")
+    code, _, err = run(capsys, "classify", "train", "--data", tsv, "--tokens", "word", "--val-fraction", 0,
+                       "--max-steps", 25, "--out", tmp_path / "run", *SMALL)
+    assert code == 0, err
+    assert "no validation split" in err and "300 texts" in err and "270 train / 0 validation / 30 test" in err
+    model = load_weights(tmp_path / "run", "last", kind="classifier")[0].state_dict()
+    best = load_weights(tmp_path / "run", "best", kind="classifier")[0].state_dict()
+    assert all(torch.equal(model[k], best[k]) for k in model)
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    last = dict(zip(header, rows[-1].split(","), strict=True))
+    assert last["step"] == "25" and last["val_loss"] == "" and last["val_accuracy"] == ""
+    spec = ClassificationSpec([str(tsv)], tokens="word")
+    with_val = load_classification(spec)
+    without = load_classification(ClassificationSpec([str(tsv)], tokens="word", val_fraction=0.0))
+    assert len(without.val) == 0 and len(without.train) == len(with_val.train) + len(with_val.val) == 270
+    assert without.test_texts == with_val.test_texts
+    code, out, err = run(capsys, "classify", "eval", tmp_path / "run", "--json", "--no-baselines")
+    assert code == 0, err
+    assert json.loads(out)["test_examples"] == 30
+
+
 def test_resume_continues_to_a_larger_budget(text_run, capsys, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(text_run[0], run_dir)
@@ -180,7 +205,8 @@ def test_series_train_eval_predict(series_run, capsys, tmp_path):
     (["--data", "missing.tsv"], "does not exist"),
     (["--data", "DATA", "--tokens", "bpe"], "invalid choice"),
     (["--data", "DATA", "--test-fraction", "1.5"], "--test-fraction must be in (0, 1)"),
-    (["--data", "DATA", "--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
+    (["--data", "DATA", "--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
+    (["--data", "DATA", "--val-fraction", "-0.1"], "--val-fraction must be in [0, 1)"),
     (["--data", "DATA", "--min-count", "0"], "--min-count"),
     (["--data", "DATA", "--pooling", "max"], "unknown pooling"),
     (["--data", "DATA", "--members", "0"], "members must be >= 1"),

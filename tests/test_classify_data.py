@@ -204,7 +204,8 @@ def test_separate_test_file_and_unknown_test_labels(tmp_path):
     (dict(sources=[]), "no data given"),
     (dict(sources=["x.tsv"], tokens="bpe"), "unknown --tokens"),
     (dict(sources=["x.tsv"], test_fraction=1.0), "--test-fraction must be in"),
-    (dict(sources=["x.tsv"], val_fraction=0.0), "--val-fraction must be in"),
+    (dict(sources=["x.tsv"], val_fraction=1.0), "--val-fraction must be in"),
+    (dict(sources=["x.tsv"], val_fraction=-0.5), "--val-fraction must be in"),
     (dict(sources=["x.tsv"], min_count=0), "--min-count"),
 ])
 def test_spec_errors(kwargs, fragment):
@@ -314,3 +315,13 @@ def test_tfidf_separates_separable_text_and_not_noise(tokens):
     noise_train, noise_test = texts(vocab, 300), texts(vocab, 300)
     chance = tfidf_accuracy(noise_train, rng.integers(0, 2, 300), noise_test, rng.integers(0, 2, 300), tokens)
     assert 0.38 < chance < 0.62
+
+
+def test_a_validation_fraction_that_holds_out_nothing_is_refused(tmp_path):
+    """Two examples per class: the test split takes one of each, which leaves no class two for validation."""
+    path = tmp_path / "pairs.tsv"
+    path.write_text("".join(f"text {i} {c}\t{c}\n" for c in "abc" for i in range(2)))
+    with pytest.raises(CorpusError, match="holds out no example.*--val-fraction 0"):
+        load_classification(ClassificationSpec([str(path)]))
+    data = load_classification(ClassificationSpec([str(path)], val_fraction=0.0))
+    assert len(data.train) == 3 and len(data.val) == 0 and len(data.test) == 3

@@ -38,7 +38,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-count", type=int, help="rarer tokens become <unk> (default: 1)")
     p.add_argument("--test-fraction", type=float, help="held out for testing (default: 0.1)")
     p.add_argument("--val-fraction", type=float,
-                   help="of the training part, held out to pick the best checkpoint (default: 0.1)")
+                   help="of the training part, held out to pick the best checkpoint (default: 0.1; 0: train on all of "
+                        "it for the budget given and keep the final weights)")
     p.add_argument("--split-seed", type=int, help="seed of the stratified splits (default: 0)")
     p.add_argument("--init-from", type=Path, metavar="LM_RUN_DIR",
                    help="start the encoder from a character language model trained by `rnnkit train` (needs "
@@ -120,8 +121,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "data": {"spec": vars(spec), "description": data.description},
             "init_from": str(args.init_from) if args.init_from else None,
         }
-    trainer = BatchTrainer(model, data.train, data.val, train_config, run_dir, classes=True,
-                           show_progress=not args.quiet)
+    trainer = BatchTrainer(model, data.train, data.val if len(data.val) else None, train_config, run_dir,
+                           classes=True, show_progress=not args.quiet)
     start_run(trainer, config, run_dir, bool(args.resume))
 
     info(f"data: {data.description}; {len(data.train):,} train / {len(data.val):,} validation / "
@@ -134,9 +135,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = trainer.fit()
     if stopped(summary, "rnnkit classify train", run_dir):
         return 130
-    info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; validation accuracy "
-         f"{summary['val_accuracy']:.4f}, loss {summary['val_loss']:.4f} (best checkpoint: accuracy "
-         f"{-trainer.best_key[0]:.4f}); "
+    if trainer.validates:
+        done = (f"validation accuracy {summary['val_accuracy']:.4f}, loss {summary['val_loss']:.4f} (best "
+                f"checkpoint: accuracy {-trainer.best_key[0]:.4f})")
+    else:
+        done = "no validation split (--val-fraction 0): the final weights are kept"
+    info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; {done}; "
          f"test it with: rnnkit classify eval {run_dir}")
     return 0
 

@@ -37,10 +37,12 @@ class ClassificationSpec:
                               "files, a .ts file) or a dataset name such as japanese_vowels")
         if self.tokens not in TOKENIZERS:
             raise CorpusError(f"unknown --tokens {self.tokens!r} — use one of {', '.join(TOKENIZERS)}")
-        for name in ("test_fraction", "val_fraction"):
-            if not 0.0 < getattr(self, name) < 1.0:
-                raise CorpusError(f"--{name.replace('_', '-')} must be in (0, 1) (got {getattr(self, name)}) — "
-                                  "e.g. 0.1 holds out a tenth of each class")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise CorpusError(f"--test-fraction must be in (0, 1) (got {self.test_fraction}) — e.g. 0.1 holds out a "
+                              "tenth of each class")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise CorpusError(f"--val-fraction must be in [0, 1) (got {self.val_fraction}) — e.g. 0.1 holds out a "
+                              "tenth of each class; 0 trains on all of it and keeps the final weights")
         if self.min_count < 1:
             raise CorpusError(f"--min-count must be >= 1 (got {self.min_count}) — 1 keeps every token")
         # absolute paths, so that eval / predict / resume find the files from any working directory
@@ -158,7 +160,12 @@ def _load_texts(spec: ClassificationSpec, vocab: TokenVocab | None, classes: lis
 
 
 def _val_split(y: np.ndarray, train_idx: np.ndarray, spec: ClassificationSpec) -> tuple[np.ndarray, np.ndarray]:
+    if spec.val_fraction == 0:
+        return train_idx, train_idx[:0]
     fit, val = stratified_split(y[train_idx], spec.val_fraction, spec.split_seed + 1)
+    if not len(val):
+        raise CorpusError(f"--val-fraction {spec.val_fraction} holds out no example (no class has two) — pass "
+                          "more data, or --val-fraction 0 to train without validation")
     return train_idx[fit], train_idx[val]
 
 

@@ -53,16 +53,19 @@ class BatchTrainConfig(LoopConfig):
 class BatchTrainer(LoopTrainer):
     """Trains a many-to-one model on ``train`` Examples, validating on ``val``, checkpoints in ``run_dir``.
 
+    ``val=None`` trains without validation for the budget given and keeps the final weights (best = last).
     ``classes=True`` adds ``val_accuracy`` (argmax of the logits against integer targets) to the figures.
     """
 
-    def __init__(self, model: nn.Module, train: Examples, val: Examples, config: BatchTrainConfig,
+    def __init__(self, model: nn.Module, train: Examples, val: Examples | None, config: BatchTrainConfig,
                  run_dir: str | Path, classes: bool = True, show_progress: bool = True) -> None:
         if world_size() > 1:  # every rank would train alone and all would write the same run directory
             raise ConfigError("many-to-one training runs in one process — start it without torchrun "
                               "(data-parallel training covers `rnnkit train`)")
-        if len(train) == 0 or len(val) == 0:
-            raise CorpusError(f"{len(train)} training and {len(val)} validation examples — both need at least one")
+        if len(train) == 0 or (val is not None and len(val) == 0):
+            raise CorpusError(f"{len(train)} training and {0 if val is None else len(val)} validation examples — "
+                              "both need at least one")
+        self.validates = val is not None
         self.classes = classes
         if classes:
             self.extra_metrics = ("val_accuracy",)

@@ -116,6 +116,9 @@ class LoopTrainer(ABC):
 
     #: figures ``validate`` returns besides ``val_loss``; they become metrics.csv columns
     extra_metrics: tuple[str, ...] = ()
+    #: False for a run without validation data: ``validate`` is never called and every checkpoint is also the best
+    #: (the final weights are what such a run keeps)
+    validates: bool = True
 
     def __init__(self, model: nn.Module, config: LoopConfig, run_dir: str | Path, show_progress: bool = True,
                  ranks: Ranks = SINGLE) -> None:
@@ -326,6 +329,9 @@ class LoopTrainer(ABC):
 
     def _validate_and_save(self) -> dict:
         self.check_finite()  # a step that diverged never reaches a checkpoint
+        if not self.validates:
+            self.save(best=True)
+            return {}
         t0 = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
