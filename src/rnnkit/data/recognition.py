@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -201,8 +202,7 @@ def load_recognition(root: str | Path, splits: Sequence[str] = ("train", "val"),
     return RecognitionData(root, info, alphabet, out)
 
 
-def _frames_of(job: tuple[dict, Path]) -> np.ndarray:
-    info, path = job
+def _frames_of(info: dict, path: Path) -> np.ndarray:
     return featurizer(info)(path).astype(np.float16)
 
 
@@ -220,9 +220,9 @@ def _cached_frames(root: Path, info: dict, split: str, files: list[Path], progre
             pass  # a damaged cache is rebuilt below
     if workers is None:
         workers = default_workers() if len(files) >= PARALLEL_FROM else 1
-    needs = {k: info[k] for k in ("kind", "spec", "features") if k in info}
-    frames = map_jobs(_frames_of, [(needs, f) for f in files], workers, progress, desc=f"reading {split}",
-                      chunksize=32, start="spawn")
+    needs = {k: info[k] for k in ("kind", "spec", "features") if k in info}  # sent once per chunk of files
+    frames = map_jobs(partial(_frames_of, needs), files, workers, progress, desc=f"reading {split}", chunksize=32,
+                      start="spawn")
     try:
         cache.parent.mkdir(exist_ok=True)
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
