@@ -288,22 +288,26 @@ def test_missing_espeak_or_extra_is_one_line(corpus, tmp_path, monkeypatch):
     assert "pip install 'rnnkit[recognize]'" in one_line(e)
 
 
-def _thread_setting(name: str) -> str | None:
-    import os
-
-    return os.environ.get(name)
-
-
 def test_worker_processes_run_one_thread_each_and_keep_the_order(monkeypatch):
     """``map_jobs``: results in the jobs' order from 2 spawned workers, each limited to one BLAS/OpenMP thread,
-    and the caller's own settings as they were afterwards."""
+    and the caller's own settings as they were afterwards. (The functions are the standard library's: a spawned
+    worker must import a job's function by name, and a test module is not importable from every worker.)"""
     from rnnkit.data.parallel import THREAD_VARIABLES, map_jobs
 
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     jobs = [v for v in THREAD_VARIABLES for _ in range(3)]
-    assert map_jobs(_thread_setting, jobs, workers=2, start="spawn", chunksize=1) == ["1"] * len(jobs)
+    assert map_jobs(os.getenv, jobs, workers=2, start="spawn", chunksize=1) == ["1"] * len(jobs)
     assert map_jobs(len, ["a", "bb", "ccc"], workers=2, start="spawn") == [1, 2, 3]
-    import os
-
     assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
+
+
+def test_a_worker_that_dies_raises_instead_of_hanging():
+    """A job that kills its worker process ends ``map_jobs`` with an error (multiprocessing.Pool would wait
+    forever for the lost result)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from rnnkit.data.parallel import map_jobs
+
+    with pytest.raises(BrokenProcessPool):
+        map_jobs(os._exit, [1, 1], workers=2, start="spawn")

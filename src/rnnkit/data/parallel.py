@@ -39,9 +39,13 @@ def map_jobs(fn: Callable[[Any], Any], jobs: Sequence, workers: int, progress: b
                 bar.update()
         else:
             import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-            with _one_thread_each(), multiprocessing.get_context(start).Pool(workers) as pool:
-                for result in pool.imap(fn, jobs, chunksize=chunksize):
+            # an executor, not multiprocessing.Pool: a worker that dies (killed, out of memory, a job it cannot
+            # unpickle) raises BrokenProcessPool here instead of leaving the caller waiting forever
+            context = multiprocessing.get_context(start)
+            with _one_thread_each(), ProcessPoolExecutor(workers, mp_context=context) as pool:
+                for result in pool.map(fn, jobs, chunksize=chunksize):
                     out.append(result)
                     bar.update()
     return out
