@@ -17,6 +17,7 @@ import pytest
 from conftest import require_data
 from PIL import Image
 
+import rnnkit.data.handwriting_fonts as fonts
 import rnnkit.data.handwriting_render as render
 from rnnkit.data.handwriting import (
     ALPHABET,
@@ -138,16 +139,16 @@ def test_alphabet_is_drawn_by_every_font(hands, built):
     assert hands.alphabet == info["alphabet"]
     assert set(hands.alphabet) >= set("abcxyzABCXYZ0189 .,?!'")
     for h in hands.test:
-        assert render.probe_font(h.path, hands.alphabet)["missing"] == ""
+        assert fonts.probe_font(h.path, hands.alphabet)["missing"] == ""
     for h in hands.train:
-        assert render.probe_font(h.path, hands.alphabet)["missing"] == h.missing
+        assert fonts.probe_font(h.path, hands.alphabet)["missing"] == h.missing
         assert not set(h.missing) & set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
     for split in info["splits"]:
         for _, text, font in read_split(built[0], split):
             assert not set(text) & set(info["fonts"][font]["missing"])
     # a code point the font lacks (Tibetan) is seen as missing, whatever its .notdef looks like
-    assert render.probe_font(hands.test[0].path, "a\u0f40")["missing"] == "\u0f40"
-    assert render.probe_font(hands.train[0].path, "a\u0f40")["missing"] == "\u0f40"
+    assert fonts.probe_font(hands.test[0].path, "a\u0f40")["missing"] == "\u0f40"
+    assert fonts.probe_font(hands.train[0].path, "a\u0f40")["missing"] == "\u0f40"
 
 
 def test_render_is_a_function_of_the_generator(hands):

@@ -11,7 +11,7 @@ drawn from [max_chars / 2, max_chars]; a line may span two sentences.
 
 Fonts: ``FONT_FILES`` names each Debian package's files (file-name patterns, found under ``font_dirs``). The files
 whose name starts with ``test_font`` (DancingScript: Regular and Bold) are the test hands, never used for training
-or validation; every other file is a training hand. Each is probed (see ``handwriting_render``): a training font
+or validation; every other file is a training hand. Each is probed (see ``handwriting_fonts``): a training font
 that cannot draw every letter and digit is dropped, one that misses some punctuation keeps it, and lines holding
 those marks go to other fonts; a file that draws the same as an earlier one (Breip's two files) is dropped;
 capitals fonts get upper-cased text. A line's training hand is drawn by family (package) first, capitals-only
@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from rnnkit.data.built import read_rows
-from rnnkit.data.handwriting_render import ALPHABET, FONT_FILES, FONT_PACKAGES, Hand, find_hands, image_frames
+from rnnkit.data.handwriting_fonts import ALPHABET, FONT_FILES, FONT_PACKAGES, Hand, find_hands
+from rnnkit.data.handwriting_render import image_frames
 from rnnkit.data.parallel import default_workers, map_jobs
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -231,7 +232,7 @@ def build_handwriting(out: str | Path, spec: HandwritingSpec, progress: bool = T
                       workers: int | None = None) -> dict:
     """Write the dataset (see the module docstring) into ``out`` and return its dataset.json as a dict; a finished
     build of the same spec there is returned as it is. ``workers``: processes drawing lines (default: up to 4)."""
-    from rnnkit.data.handwriting_render import layout_engine
+    from rnnkit.data.handwriting_fonts import layout_engine
 
     try:
         import PIL  # noqa: F401
