@@ -166,12 +166,35 @@ def test_input_noise_acts_in_training_only():
     torch.testing.assert_close(quiet(x, lengths=lengths).logits, quiet(x, lengths=lengths).logits)  # dropout 0
 
 
+def test_token_dropout_replaces_tokens_with_unk_in_training_only():
+    model = make(token_dropout=0.3)
+    seen = []
+    model.members[0].encoder.embedding.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].clone()))
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(2, 12, (64, 50), generator=g)
+    x[:, 40:] = 0  # padding
+    model(x)
+    assert torch.equal(seen[-1], x)  # eval: untouched
+    model.train()
+    model(x)
+    ids = seen[-1]
+    assert (ids[:, 40:] == 0).all()  # padding stays padding
+    hit = ids[:, :40] != x[:, :40]
+    assert (ids[:, :40][hit] == 1).all()  # replaced by <unk>, nothing else
+    assert 0.27 < hit.float().mean() < 0.33  # 2,560 draws at p = 0.3
+    subword = torch.randint(2, 12, (8, 6, 4), generator=g)
+    model(subword)  # (B, T, K) subword ids take it too
+    assert seen[-1].shape == subword.shape and ((seen[-1] == subword) | (seen[-1] == 1)).all()
+
+
 @pytest.mark.parametrize("kw, fragment", [
     (dict(pooling="max"), "unknown pooling"),
     (dict(members=0), "members must be >= 1"),
     (dict(num_classes=1), "at least 2 classes"),
     (dict(input_size=3), "exactly one of vocab_size"),
     (dict(input_noise=-1.0), "input_noise"),
+    (dict(token_dropout=1.0), "token_dropout"),
+    (dict(token_dropout=-0.1), "token_dropout"),
     (dict(path="cuda"), "unknown path"),
 ])
 def test_config_errors(kw, fragment):

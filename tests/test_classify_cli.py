@@ -210,6 +210,7 @@ def test_series_train_eval_predict(series_run, capsys, tmp_path):
     (["--data", "DATA", "--min-count", "0"], "--min-count"),
     (["--data", "DATA", "--pooling", "max"], "unknown pooling"),
     (["--data", "DATA", "--members", "0"], "members must be >= 1"),
+    (["--data", "DATA", "--token-dropout", "1"], "token_dropout must be in [0, 1)"),
 ])
 def test_train_errors(tmp_path, capsys, flags, fragment):
     data = tmp_path / "d.tsv"

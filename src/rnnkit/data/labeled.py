@@ -20,6 +20,7 @@ from rnnkit.data.batching import to_device
 from rnnkit.errors import CorpusError, VocabularyError
 
 PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1  # their ids in every TokenVocab
 TOKENIZERS = ("char", "word", "subword")
 _WORD = re.compile(r"\w+(?:'\w+)?|[^\w\s]")  # words (with an inner apostrophe: don't, it's) and punctuation marks
 SUBWORD_BUCKETS = 1 << 15  # hashed character n-gram rows of a subword vocabulary

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rnnkit.data.labeled import PAD_ID, UNK_ID
 from rnnkit.errors import ConfigError
 from rnnkit.models.output import Output, check_recurrent_config
 from rnnkit.nn.cells import CELL_TYPES, State
@@ -36,6 +37,8 @@ class EncoderConfig:
     path: str = field(default="auto", metadata={"help": "recurrent path: auto (fused when possible), fused, explicit"})
     input_noise: float = field(default=0.0, metadata={
         "help": "std of Gaussian noise added to standardised features while training (feature inputs)"})
+    token_dropout: float = field(default=0.0, metadata={
+        "help": "fraction of input tokens replaced by <unk> while training (token inputs)"})
 
     def __post_init__(self) -> None:
         check_recurrent_config(self)
@@ -43,6 +46,9 @@ class EncoderConfig:
             raise ConfigError("vocab_size and input_size must be >= 0")
         if self.input_noise < 0:
             raise ConfigError(f"input_noise must be >= 0 (got {self.input_noise})")
+        if not 0 <= self.token_dropout < 1:
+            raise ConfigError(f"token_dropout must be in [0, 1) (got {self.token_dropout}) — 0.1 replaces one "
+                              "token in ten by <unk>, 0 none")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,7 +58,9 @@ class Encoder(nn.Module):
     """Token embedding (or standardised features) -> dropout -> recurrent layer; ``(y (B, T, D*H), state)``.
 
     Feature inputs are standardised inside the model, ``(x - input_mean) / input_std``, with statistics fitted on
-    the training data (``set_scaling``) and saved with the weights, so a checkpoint takes raw features.
+    the training data (``set_scaling``) and saved with the weights, so a checkpoint takes raw features. While
+    training, a ``token_dropout`` fraction of token ids (never padding) become ``<unk>``: the model cannot lean on
+    any one character or word, and a name or sentence seen in training is not simply recalled.
     """
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -62,7 +70,7 @@ class Encoder(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=0) \
             if config.vocab_size else None
         size = config.embedding_size if config.vocab_size else config.input_size
-        self.input_noise = config.input_noise
+        self.input_noise, self.token_dropout = config.input_noise, config.token_dropout
         self.drop = nn.Dropout(config.dropout)
         self.rnn = Recurrent(config.cell, size, config.hidden_size, config.num_layers,
                              bidirectional=config.bidirectional, dropout=config.dropout, path=config.path)
@@ -77,6 +85,9 @@ class Encoder(nn.Module):
         self.input_std.copy_(torch.as_tensor(std, dtype=torch.float32))
 
     def forward(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
+        if self.embedding is not None and self.training and self.token_dropout:
+            hit = torch.rand(x.shape, device=x.device) < self.token_dropout
+            x = x.masked_fill(hit & (x != PAD_ID), UNK_ID)  # padding stays padding
         if self.embedding is not None and x.dim() == 3:  # subword ids (B, T, K): average each word's pieces
             n = (x != 0).sum(-1, keepdim=True).clamp(min=1)  # (B, T, 1)
             inputs = self.embedding(x).sum(2) / n  # (B, T, E); <pad> rows are zero
