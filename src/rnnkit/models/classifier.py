@@ -67,7 +67,7 @@ class Encoder(nn.Module):
         super().__init__()
         if (config.vocab_size > 0) == (config.input_size > 0):
             raise ConfigError("give exactly one of vocab_size (token inputs) and input_size (feature inputs)")
-        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=0) \
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=PAD_ID) \
             if config.vocab_size else None
         size = config.embedding_size if config.vocab_size else config.input_size
         self.input_noise, self.token_dropout = config.input_noise, config.token_dropout
@@ -89,7 +89,7 @@ class Encoder(nn.Module):
             hit = torch.rand(x.shape, device=x.device) < self.token_dropout
             x = x.masked_fill(hit & (x != PAD_ID), UNK_ID)  # padding stays padding
         if self.embedding is not None and x.dim() == 3:  # subword ids (B, T, K): average each word's pieces
-            n = (x != 0).sum(-1, keepdim=True).clamp(min=1)  # (B, T, 1)
+            n = (x != PAD_ID).sum(-1, keepdim=True).clamp(min=1)  # (B, T, 1)
             inputs = self.embedding(x).sum(2) / n  # (B, T, E); <pad> rows are zero
         elif self.embedding is not None:
             inputs = self.embedding(x)  # (B, T, E)
