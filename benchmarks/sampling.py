@@ -2,15 +2,17 @@
 
     python benchmarks/sampling.py [--run RUN_DIR] [--tokens 2000] [--rounds 3]
 
-Paths: calling torch.nn.LSTM once per token (what a quick hand-written sampler does), rnnkit's own cells stepped
-in Python (``model.step``), and ``FastStepper`` — torch's one-op cells — in fp32 and int8. With ``--run`` the model
-is that run's (2x512 LSTM by default) and the validation loss is measured with fp32 and with int8 weights.
+Paths, each stepped once per token from Python with ``next_token`` drawing in torch: calling torch.nn.LSTM once
+per token (what a quick hand-written sampler does), rnnkit's own cells (``model.step``), ``FastStepper`` — torch's
+one-op cells — in fp32 and int8, and ``NativeLSTM.step`` (rnnkit.native's compiled step) in fp32 and int8. Then
+what ``rnnkit sample`` runs, ``rnnkit.generate.generate`` end to end, on the compiled kernels (a run of tokens per
+call, drawn in C) and on torch's path (``native=False``). With ``--run`` the model is that run's (2x512 LSTM by
+default) and the validation loss is measured through each int8 path against fp32.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -22,8 +24,10 @@ from common import interleave, save, table  # noqa: E402
 
 from rnnkit.checkpoint import load_run  # noqa: E402
 from rnnkit.data import Streams, encode_file, split_tokens  # noqa: E402
-from rnnkit.generate import FastStepper, next_token  # noqa: E402
+from rnnkit.generate import FastStepper, generate, next_token  # noqa: E402
 from rnnkit.models import LanguageModel, LanguageModelConfig  # noqa: E402
+from rnnkit.native import unavailable  # noqa: E402
+from rnnkit.native.sampler import NativeLSTM  # noqa: E402
 
 
 def sampler(step, state, B, n, V, seed=0, device="cpu"):
@@ -38,6 +42,19 @@ def sampler(step, state, B, n, V, seed=0, device="cpu"):
         return B * n
 
     return run
+
+
+def end_to_end(model, B, n, **kwargs):
+    """``generate`` itself: what ``rnnkit sample`` runs."""
+    def run():
+        generate(model, [0], n, temperature=0.8, num_samples=B, seed=0, **kwargs)
+        return B * n
+
+    return run
+
+
+def native_step(kernels):
+    return lambda tok, s: (kernels.step(tok, s), s)
 
 
 def naive_lstm(model):
@@ -77,14 +94,23 @@ def main() -> None:
         torch.manual_seed(0)
         model, config = LanguageModel(LanguageModelConfig(vocab_size=65)).eval(), None
     V = model.config.vocab_size
+    if unavailable():
+        sys.exit(f"the native kernels are unavailable: {unavailable()}")
     fp32, int8 = FastStepper.for_model(model), FastStepper.for_model(model, int8=True)
+    nfp32, nint8 = NativeLSTM.for_model(model), NativeLSTM.for_model(model, int8=True)
     rows = []
-    for B, n in ((1, args.tokens), (64, max(50, args.tokens // 20))):
+    for B, n in ((1, args.tokens), (8, max(50, args.tokens // 4)), (64, max(50, args.tokens // 20))):
         variants = {
             "torch.nn.LSTM per call": sampler(naive_lstm(model), lambda B=B: None, B, n, V),
             "rnnkit cells (model.step)": sampler(model.step, lambda B=B: model.init_state(B), B, n, V),
             "FastStepper fp32": sampler(fp32, lambda B=B: fp32.split(model.init_state(B)), B, n, V),
             "FastStepper int8": sampler(int8, lambda B=B: int8.split(model.init_state(B)), B, n, V),
+            "NativeLSTM.step fp32": sampler(native_step(nfp32), lambda B=B: nfp32.state(model.init_state(B)), B, n, V),
+            "NativeLSTM.step int8": sampler(native_step(nint8), lambda B=B: nint8.state(model.init_state(B)), B, n, V),
+            "generate, kernels, fp32": end_to_end(model, B, n),
+            "generate, kernels, int8": end_to_end(model, B, n, int8=True),
+            "generate, torch, fp32": end_to_end(model, B, n, native=False),
+            "generate, torch, int8": end_to_end(model, B, n, native=False, int8=True),
         }
         if B > 1:
             del variants["torch.nn.LSTM per call"]
@@ -93,7 +119,8 @@ def main() -> None:
         rows += [{"batch": B, "path": k, "tokens/s": v["median"], "vs fp32 stepper": v["median"] / base}
                  for k, v in res.items()]
     print(f"sampling speed, {model.config.num_layers}x{model.config.hidden_size} {model.config.cell.upper()} "
-          "(tokens/s over all rows, median of interleaved rounds)")
+          f"(tokens/s over all rows, median of interleaved rounds; {torch.get_num_threads()} torch threads, the "
+          "compiled kernels one)")
     print(table(rows, ["batch", "path", "tokens/s", "vs fp32 stepper"]))
     payload = {"rows": rows}
     if config is not None:
@@ -101,10 +128,12 @@ def main() -> None:
         val = split_tokens(encode_file(path, vocab))[1]
         q = {
             "fp32": stepper_val_loss(fp32, lambda B: fp32.split(model.init_state(B)), val),
-            "int8": stepper_val_loss(int8, lambda B: int8.split(model.init_state(B)), val),
+            "int8 (torch)": stepper_val_loss(int8, lambda B: int8.split(model.init_state(B)), val),
+            "fp32 (kernels)": stepper_val_loss(native_step(nfp32), lambda B: nfp32.state(model.init_state(B)), val),
+            "int8 (kernels)": stepper_val_loss(native_step(nint8), lambda B: nint8.state(model.init_state(B)), val),
         }
-        print(f"\nvalidation loss through the stepper: fp32 {q['fp32']:.4f}, int8 {q['int8']:.4f} nats/char "
-              f"(int8 costs {q['int8'] - q['fp32']:+.4f}; {q['int8'] / math.log(2):.4f} bits/char)")
+        print("\nvalidation loss through each stepper (nats/char): "
+              + ", ".join(f"{k} {v:.4f} ({v - q['fp32']:+.4f})" for k, v in q.items()))
         payload["quality"] = q
     print("wrote", save("sampling", payload))
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.errors import ConfigError
+from rnnkit.native.sampler import NativeLSTM
 from rnnkit.nn.cells import State
 from rnnkit.nn.recurrent import Recurrent, map_state
 
@@ -124,12 +125,15 @@ def generate(
     seed: int | None = None,
     on_tokens: Callable[[Tensor], None] | None = None,
     int8: bool = False,
+    native: bool = True,
 ) -> Tensor:
     """Sample ``length`` tokens after ``prompt`` for ``num_samples`` rows at once; returns ``(B, length)`` ids.
 
-    The prompt (at least one token) primes the state in one forward pass; then each token is one
-    step (a ``FastStepper`` when the model has one, else ``model.step``). ``on_tokens`` sees every new ``(B,)``
-    column as it is sampled (for streaming). ``int8`` samples with int8 weights (CPU; see ``FastStepper``).
+    The prompt (at least one token) primes the state in one forward pass; then each token is one step: of the
+    compiled kernels (``NativeLSTM``: an LSTM model on the CPU, at most ``NATIVE_MAX_BATCH`` rows, unless
+    ``native`` is False), else of a ``FastStepper`` when the model has one, else of ``model.step``.
+    ``on_tokens`` sees every new ``(B,)`` column (for streaming; the kernels sample ``NATIVE_CHUNK`` tokens per
+    call, so columns arrive in bursts). ``int8`` samples with int8 weights (CPU).
     """
     check_sampling(temperature, top_k, top_p, length, num_samples)
     if len(prompt) == 0:
@@ -143,16 +147,25 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        return _sample(model, prompt, length, temperature, top_k, top_p, num_samples, generator, on_tokens, int8)
+        return _sample(model, prompt, length, temperature, top_k, top_p, num_samples, generator, on_tokens, int8,
+                       native)
     finally:
         model.train(was_training)
 
 
-def _sample(model, prompt, length, temperature, top_k, top_p, num_samples, generator, on_tokens, int8) -> Tensor:
+NATIVE_MAX_BATCH = 8  # above this, torch's batched kernels on every core beat the one-thread kernels (BENCHMARKS.md)
+NATIVE_CHUNK = 64  # tokens sampled per call into the kernels
+
+
+def _sample(model, prompt, length, temperature, top_k, top_p, num_samples, generator, on_tokens, int8,
+            native) -> Tensor:
     device = next(model.parameters()).device
     x = torch.as_tensor(list(prompt), dtype=torch.long, device=device).expand(num_samples, -1)  # (B, P)
     out = model(x)
     logits, state = out.logits[:, -1], out.state  # (B, V)
+    kernels = NativeLSTM.for_model(model, int8) if native and num_samples <= NATIVE_MAX_BATCH else None
+    if kernels is not None:
+        return _sample_native(kernels, logits, state, length, temperature, top_k, top_p, generator, on_tokens)
     stepper = FastStepper.for_model(model, int8)
     if stepper is not None:
         step, state = stepper, stepper.split(state)
@@ -168,6 +181,29 @@ def _sample(model, prompt, length, temperature, top_k, top_p, num_samples, gener
             on_tokens(tok)
         if t + 1 < length:
             logits, state = step(tok, state)
+    return tokens
+
+
+def _sample_native(kernels: NativeLSTM, logits, state, length, temperature, top_k, top_p, generator,
+                   on_tokens) -> Tensor:
+    """The first token by ``next_token``, the rest by the kernels, drawing uniforms from ``generator``."""
+    B = logits.shape[0]
+    tokens = torch.empty(B, length, dtype=torch.long)
+    if length == 0:
+        return tokens
+    tok = next_token(logits, temperature, top_k, top_p, generator)
+    tokens[:, 0] = tok
+    if on_tokens is not None:
+        on_tokens(tok)
+    state, t = kernels.state(state), 1
+    while t < length:
+        n = min(NATIVE_CHUNK, length - t)
+        new = kernels.generate(tok, state, torch.rand(n, B, generator=generator), temperature, top_k, top_p)
+        tokens[:, t:t + n] = new.T
+        if on_tokens is not None:
+            for column in new:
+                on_tokens(column)
+        tok, t = new[-1], t + n
     return tokens
 
 

@@ -43,7 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, help="sample only from the smallest set with probability >= P")
     p.add_argument("--seed", type=int, help="random seed, for reproducible samples")
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together (default: 1)")
-    p.add_argument("--int8", action="store_true", help="int8 weights (dynamic quantisation, CPU): faster, ~lossless")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 weights (CPU): several times faster at small batch, ~lossless (see BENCHMARKS.md)")
     add_load_args(p)
     p.set_defaults(func=cmd_sample)
 

@@ -1,0 +1,98 @@
+"""Native kernels: C compiled on first use by the system's C compiler, loaded with ctypes.
+
+Only for the one place where PyTorch's per-op dispatch is the cost itself: sampling a recurrent language model
+token by token at small batch, where a step is a dozen tiny ops (~3 µs of dispatch each) and torch's int8 matrix
+product spends ~35 µs of fixed cost per call at batch 1 (measured in BENCHMARKS.md). ``lstm.c`` runs a whole step,
+and a whole run of sampled tokens, in one call.
+
+The library is built with ``-O3 -march=native`` for this machine and cached under ``$RNNKIT_CACHE`` (default
+``~/.cache/rnnkit``), keyed by the source, the flags, the compiler and the CPU's feature flags, and written
+atomically. With no compiler, or with ``RNNKIT_NATIVE=0``, ``library()`` returns None (``unavailable()`` says
+why) and callers use their PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("lstm.c")
+# Compiled with -ffast-math (vector expf, reassociated sums) but linked without it: linking with it would add
+# crtfastmath.o, which switches the whole process's floating point to flush denormals to zero when loaded.
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=c11"]
+MAX_LAYERS = 16  # as in lstm.c
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("RNNKIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rnnkit")
+    return Path(root) / "native"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(),
+                                    _cpu_flags()]).encode()).hexdigest()[:16]
+    out = cache_dir() / f"lstm-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
+    os.close(fd)
+    obj = tmp[: -len(".so.tmp")] + ".o"
+    try:
+        for argv in ([compiler, *FLAGS, "-c", str(SOURCE), "-o", obj], [compiler, "-shared", obj, "-o", tmp, "-lm"]):
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+            if done.returncode != 0:
+                raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "compiler failed")
+        os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
+    finally:
+        for path in (tmp, obj):
+            if os.path.exists(path):
+                os.unlink(path)
+    return out
+
+
+_reason: list[str] = []
+
+
+@cache
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None where they cannot be had (see ``unavailable``)."""
+    if os.environ.get("RNNKIT_NATIVE", "1") == "0":
+        _reason.append("RNNKIT_NATIVE=0")
+        return None
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        _reason.append("no C compiler (install gcc, or set CC)")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except (OSError, subprocess.SubprocessError) as e:
+        _reason.append(f"building {SOURCE.name} failed: {e}")
+        return None
+    for name in ("rnnkit_lstm_step", "rnnkit_lstm_generate", "rnnkit_filter_probs"):
+        getattr(lib, name).restype = ctypes.c_int
+    return lib
+
+
+def unavailable() -> str | None:
+    """Why ``library()`` is None, or None when it is available."""
+    return None if library() is not None else "; ".join(_reason) or "unknown"

@@ -1,0 +1,242 @@
+/* Stepping and sampling an LSTM language model (embedding -> L LSTM layers -> linear head) token by token.
+ *
+ * Built by rnnkit.native.build with the system C compiler (-O3 -march=native -ffast-math) and called through
+ * ctypes: one call per token (rnnkit_lstm_step) or one call per run of tokens (rnnkit_lstm_generate), so no
+ * Python and no per-op dispatch sits between two tokens. Plain C on purpose: the compiler turns the dot products
+ * into the machine's vector instructions (vpdpbusd on AVX-512 VNNI) and expf into glibc's vector expf.
+ *
+ * Layout (prepared in rnnkit/native/sampler.py; torch's gate order i, f, g, o, each H wide):
+ *   table   (V, 4H)  layer 0's input half: embedding @ W_ih0^T + b_ih0 + b_hh0, one row per token
+ *   w[0]    (4H, H)  layer 0's W_hh
+ *   w[l]    (4H, 2H) layer l >= 1: [W_ih | W_hh], applied to [h_{l-1} (this step) | h_l (last step)]
+ *   bias[l] (4H)     layer l >= 1: b_ih + b_hh
+ *   head_w  (V, H), head_b (V)  fp32 always (small)
+ * int8 weights: one symmetric scale per row (w = scale * q, q in [-127, 127]) and the row sums of q; the input
+ * vector is quantised per call with one symmetric scale, stored as unsigned (q + 128) for the u8 x s8 dot.
+ * States h, c: (L, B, H) fp32, updated in place.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_LAYERS 16
+
+typedef struct {
+    int64_t layers, hidden, vocab;
+    int64_t int8;
+    const float *table;
+    const void *w[MAX_LAYERS];
+    const float *scale[MAX_LAYERS];
+    const int32_t *rowsum[MAX_LAYERS];
+    const float *bias[MAX_LAYERS];
+    const float *head_w, *head_b;
+} lstm_model;
+
+static float dot_f32(const float *a, const float *b, int64_t n) {
+    float acc = 0.0f;
+    for (int64_t k = 0; k < n; k++) acc += a[k] * b[k];
+    return acc;
+}
+
+static int32_t dot_u8s8(const uint8_t *a, const int8_t *b, int64_t n) {
+    int32_t acc = 0;
+    for (int64_t k = 0; k < n; k++) acc += (int32_t)a[k] * (int32_t)b[k];
+    return acc;
+}
+
+/* x (B, K) fp32 -> xq (B, K) as q + 128 and xs (B) scales */
+static void quantize(const float *x, int64_t B, int64_t K, uint8_t *xq, float *xs) {
+    for (int64_t b = 0; b < B; b++) {
+        const float *v = x + b * K;
+        float m = 0.0f;
+        for (int64_t k = 0; k < K; k++) m = fmaxf(m, fabsf(v[k]));
+        float s = m > 0.0f ? m / 127.0f : 1.0f, inv = 1.0f / s;
+        for (int64_t k = 0; k < K; k++) xq[b * K + k] = (uint8_t)(int32_t)(lrintf(v[k] * inv) + 128);
+        xs[b] = s;
+    }
+}
+
+/* y (B, N) += x (B, K) @ W^T for layer l's weights W (N, K); each weight row is read once for all B rows */
+static void matvec(const lstm_model *m, int l, const float *x, int64_t B, int64_t N, int64_t K, float *y,
+                   uint8_t *xq, float *xs) {
+    if (m->int8) {
+        const int8_t *w = (const int8_t *)m->w[l];
+        const float *scale = m->scale[l];
+        const int32_t *rowsum = m->rowsum[l];
+        quantize(x, B, K, xq, xs);
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t b = 0; b < B; b++) {
+                int32_t acc = dot_u8s8(xq + b * K, w + r * K, K) - 128 * rowsum[r];
+                y[b * N + r] += scale[r] * xs[b] * (float)acc;
+            }
+    } else {
+        const float *w = (const float *)m->w[l];
+        for (int64_t r = 0; r < N; r++)
+            for (int64_t b = 0; b < B; b++) y[b * N + r] += dot_f32(x + b * K, w + r * K, K);
+    }
+}
+
+static inline float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+
+/* gates (4H) -> c, h in place: c = sig(f) c + sig(i) tanh(g), h = sig(o) tanh(c), tanh(v) = 2 sig(2v) - 1 */
+static void lstm_pointwise(const float *gates, int64_t H, float *h, float *c) {
+    const float *gi = gates, *gf = gates + H, *gg = gates + 2 * H, *go = gates + 3 * H;
+    for (int64_t j = 0; j < H; j++) {
+        float cj = sigmoid(gf[j]) * c[j] + sigmoid(gi[j]) * (2.0f * sigmoid(2.0f * gg[j]) - 1.0f);
+        c[j] = cj;
+        h[j] = sigmoid(go[j]) * (2.0f * sigmoid(2.0f * cj) - 1.0f);
+    }
+}
+
+/* Scratch for one step at batch B: gates (B, 4H), layer input (B, 2H), quantised input, scales. */
+typedef struct {
+    float *gates, *input, *xs;
+    uint8_t *xq;
+} scratch;
+
+static int scratch_alloc(scratch *s, int64_t B, int64_t H) {
+    s->gates = malloc(sizeof(float) * B * 4 * H);
+    s->input = malloc(sizeof(float) * B * 2 * H);
+    s->xs = malloc(sizeof(float) * B);
+    s->xq = malloc((size_t)(B * 2 * H));
+    return s->gates && s->input && s->xs && s->xq;
+}
+
+static void scratch_free(scratch *s) {
+    free(s->gates);
+    free(s->input);
+    free(s->xs);
+    free(s->xq);
+}
+
+/* One step: tokens (B) -> logits (B, V); h, c (L, B, H) advance in place. */
+static void step(const lstm_model *m, const int64_t *tokens, int64_t B, float *h, float *c, float *logits,
+                 scratch *s) {
+    const int64_t H = m->hidden, G = 4 * H, V = m->vocab;
+    for (int64_t l = 0; l < m->layers; l++) {
+        float *hl = h + l * B * H, *cl = c + l * B * H;
+        if (l == 0) {
+            for (int64_t b = 0; b < B; b++) memcpy(s->gates + b * G, m->table + tokens[b] * G, sizeof(float) * G);
+            matvec(m, 0, hl, B, G, H, s->gates, s->xq, s->xs);
+        } else {
+            const float *below = h + (l - 1) * B * H;  /* already this step's */
+            for (int64_t b = 0; b < B; b++) {
+                memcpy(s->input + b * 2 * H, below + b * H, sizeof(float) * H);
+                memcpy(s->input + b * 2 * H + H, hl + b * H, sizeof(float) * H);
+                memcpy(s->gates + b * G, m->bias[l], sizeof(float) * G);
+            }
+            matvec(m, (int)l, s->input, B, G, 2 * H, s->gates, s->xq, s->xs);
+        }
+        for (int64_t b = 0; b < B; b++) lstm_pointwise(s->gates + b * G, H, hl + b * H, cl + b * H);
+    }
+    const float *top = h + (m->layers - 1) * B * H;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t v = 0; v < V; v++) logits[b * V + v] = m->head_b[v] + dot_f32(top + b * H, m->head_w + v * H, H);
+}
+
+int rnnkit_lstm_step(const lstm_model *m, const int64_t *tokens, int64_t B, float *h, float *c, float *logits) {
+    scratch s;
+    if (!scratch_alloc(&s, B, m->hidden)) {
+        scratch_free(&s);
+        return 1;
+    }
+    step(m, tokens, B, h, c, logits, &s);
+    scratch_free(&s);
+    return 0;
+}
+
+/* Sampling from one row of logits, as rnnkit.generate.next_token does with torch ops: temperature 0 takes the
+ * first largest logit; otherwise logits / temperature, then top-k keeps the logits >= the k-th largest, then top-p
+ * keeps, in order of decreasing probability, the tokens whose preceding mass is < p, and u in [0, 1) picks from the
+ * renormalised probabilities by their cumulative sum in token order. */
+
+static int desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* probs (V) <- the filtered, normalised distribution of logits (V); order (V) is scratch. No infinities are used
+ * (the file is built with -ffast-math): a dropped token gets probability 0. */
+int rnnkit_filter_probs(const float *logits, int64_t V, float temperature, int64_t top_k, float top_p,
+                        float *probs, float *order) {
+    float mx = logits[0] / temperature, kth = 0.0f;
+    for (int64_t v = 0; v < V; v++) mx = fmaxf(mx, logits[v] / temperature);
+    int by_rank = top_k > 0 && top_k < V;
+    if (by_rank) {
+        for (int64_t v = 0; v < V; v++) order[v] = logits[v] / temperature;
+        qsort(order, (size_t)V, sizeof(float), desc);
+        kth = order[top_k - 1];
+    }
+    float total = 0.0f;
+    for (int64_t v = 0; v < V; v++) {
+        float z = logits[v] / temperature;
+        probs[v] = by_rank && z < kth ? 0.0f : expf(z - mx);
+        total += probs[v];
+    }
+    for (int64_t v = 0; v < V; v++) probs[v] /= total;
+    if (top_p > 0.0f && top_p < 1.0f) {
+        /* keep the tokens ranked before the mass reaches p: those at least as likely as the last of them */
+        memcpy(order, probs, sizeof(float) * V);
+        qsort(order, (size_t)V, sizeof(float), desc);
+        float before = 0.0f, cut = order[0];
+        for (int64_t r = 0; r < V && before < top_p; r++) {
+            cut = order[r];
+            before += order[r];
+        }
+        total = 0.0f;
+        for (int64_t v = 0; v < V; v++) {
+            if (probs[v] < cut) probs[v] = 0.0f;
+            total += probs[v];
+        }
+        for (int64_t v = 0; v < V; v++) probs[v] /= total;
+    }
+    return 0;
+}
+
+static int64_t sample_row(const float *logits, int64_t V, float temperature, int64_t top_k, float top_p, float u,
+                          float *probs, float *order) {
+    if (temperature == 0.0f) {
+        int64_t best = 0;
+        for (int64_t v = 1; v < V; v++)
+            if (logits[v] > logits[best]) best = v;
+        return best;
+    }
+    rnnkit_filter_probs(logits, V, temperature, top_k, top_p, probs, order);
+    float acc = 0.0f;
+    int64_t last = 0;
+    for (int64_t v = 0; v < V; v++) {
+        if (probs[v] <= 0.0f) continue;
+        acc += probs[v];
+        last = v;
+        if (u < acc) return v;
+    }
+    return last; /* u above the rounded total */
+}
+
+/* From tokens (B) already chosen: n times, step, then sample the next token of each row from logits with
+ * uniform (n, B); out (n, B). h, c advance in place; the last step's logits are left in logits (B, V). */
+int rnnkit_lstm_generate(const lstm_model *m, const int64_t *tokens, int64_t B, float *h, float *c, int64_t n,
+                         const float *uniform, float temperature, int64_t top_k, float top_p, int64_t *out,
+                         float *logits) {
+    const int64_t V = m->vocab;
+    scratch s;
+    float *probs = malloc(sizeof(float) * V), *order = malloc(sizeof(float) * V);
+    int64_t *cur = malloc(sizeof(int64_t) * B);
+    int ok = scratch_alloc(&s, B, m->hidden) && probs && order && cur;
+    if (ok) {
+        memcpy(cur, tokens, sizeof(int64_t) * B);
+        for (int64_t t = 0; t < n; t++) {
+            step(m, cur, B, h, c, logits, &s);
+            for (int64_t b = 0; b < B; b++) {
+                cur[b] = sample_row(logits + b * V, V, temperature, top_k, top_p, uniform[t * B + b], probs, order);
+                out[t * B + b] = cur[b];
+            }
+        }
+    }
+    scratch_free(&s);
+    free(probs);
+    free(order);
+    free(cur);
+    return ok ? 0 : 1;
+}

@@ -1,0 +1,159 @@
+"""``NativeLSTM``: an LSTM language model's weights laid out for ``lstm.c``, and its step and sampling loop.
+
+Shape letters: B rows sampled together, L layers, H hidden size, V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.native import MAX_LAYERS, library
+
+_f32p, _i64p = ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int64)
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        ("layers", ctypes.c_int64), ("hidden", ctypes.c_int64), ("vocab", ctypes.c_int64), ("int8", ctypes.c_int64),
+        ("table", ctypes.c_void_p),
+        ("w", ctypes.c_void_p * MAX_LAYERS),
+        ("scale", ctypes.c_void_p * MAX_LAYERS),
+        ("rowsum", ctypes.c_void_p * MAX_LAYERS),
+        ("bias", ctypes.c_void_p * MAX_LAYERS),
+        ("head_w", ctypes.c_void_p), ("head_b", ctypes.c_void_p),
+    ]
+
+
+def _ptr(t: Tensor, kind=ctypes.c_void_p):
+    return ctypes.cast(t.data_ptr(), kind)
+
+
+def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``w (N, K)`` -> int8 ``q``, ``scale (N)``, ``rowsum (N)`` int32, with ``w ≈ scale[:, None] * q``:
+    one symmetric scale per row, q in [-127, 127]."""
+    scale = w.abs().amax(1) / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.contiguous(), scale.float().contiguous(), q.sum(1, dtype=torch.int32).contiguous()
+
+
+_built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {int8: (weights' versions, NativeLSTM)}
+
+
+def _versions(model: nn.Module) -> tuple:
+    """Changes whenever a parameter is replaced or written in place (an optimizer step, load_state_dict)."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+class NativeLSTM:
+    """Embedding -> LSTM layers -> linear head, stepped by ``lstm.c`` (fp32, or int8 weights with ``int8``).
+
+    Layer 0's input product is folded into a (V, 4H) table (embedding @ W_ih^T + biases), so a step reads it by
+    token; every later layer multiplies [input | state] by one [W_ih | W_hh] matrix. The head stays fp32.
+    Holds copies of the weights: build it after training. CPU, fp32 models only.
+    """
+
+    def __init__(self, embedding: Tensor, cells: list[nn.LSTMCell], head_w: Tensor, head_b: Tensor | None,
+                 int8: bool = False):
+        lib = library()
+        if lib is None:
+            raise RuntimeError("the native kernels are unavailable")
+        if len(cells) > MAX_LAYERS:
+            raise ValueError(f"at most {MAX_LAYERS} layers")
+        self.lib, self.int8 = lib, int8
+        self.layers, self.hidden, self.vocab = len(cells), cells[0].hidden_size, embedding.shape[0]
+        H = self.hidden
+        keep = []  # every tensor the struct points at, kept alive with it
+
+        def bias(cell):
+            zero = torch.zeros(4 * H)
+            return (cell.bias_ih if cell.bias_ih is not None else zero) + (
+                cell.bias_hh if cell.bias_hh is not None else zero)
+
+        with torch.no_grad():
+            c0 = cells[0]
+            table = (embedding.float() @ c0.weight_ih.float().T + bias(c0)).contiguous()
+            m = _Model(layers=self.layers, hidden=H, vocab=self.vocab, int8=int(int8), table=_ptr(table))
+            keep.append(table)
+            for i, cell in enumerate(cells):
+                w = cell.weight_hh if i == 0 else torch.cat([cell.weight_ih, cell.weight_hh], 1)
+                w = w.float().contiguous()
+                if int8:
+                    q, scale, rowsum = quantize_rows(w)
+                    m.w[i], m.scale[i], m.rowsum[i] = _ptr(q), _ptr(scale), _ptr(rowsum)
+                    keep += [q, scale, rowsum]
+                else:
+                    m.w[i] = _ptr(w)
+                    keep.append(w)
+                if i > 0:
+                    b = bias(cell).float().contiguous()
+                    m.bias[i] = _ptr(b)
+                    keep.append(b)
+            hw = head_w.float().contiguous()
+            hb = (head_b if head_b is not None else torch.zeros(self.vocab)).float().contiguous()
+            m.head_w, m.head_b = _ptr(hw), _ptr(hb)
+            keep += [hw, hb]
+        self._model, self._keep = m, keep
+
+    @classmethod
+    def for_model(cls, model: nn.Module, int8: bool = False) -> NativeLSTM | None:
+        """For a CPU fp32 model with ``embedding``, an LSTM ``rnn`` (unidirectional, torch-equivalent cells) and
+        ``head``; None where the model is not one, or the kernels are unavailable. Built once per model and
+        reused while its weights are unchanged (so a server's requests skip the copy and the quantisation)."""
+        versions, cached = _built.get(model, {}).get(int8, (None, None))
+        if cached is not None and versions == _versions(model):
+            return cached
+        kernels = cls._build(model, int8)
+        if kernels is not None:
+            _built.setdefault(model, {})[int8] = (_versions(model), kernels)
+        return kernels
+
+    @classmethod
+    def _build(cls, model: nn.Module, int8: bool) -> NativeLSTM | None:
+        rnn, head, emb = getattr(model, "rnn", None), getattr(model, "head", None), getattr(model, "embedding", None)
+        if rnn is None or not hasattr(rnn, "torch_cells") or not isinstance(head, nn.Linear) or emb is None:
+            return None
+        p = next(model.parameters())
+        if p.device.type != "cpu" or p.dtype != torch.float32 or library() is None:
+            return None
+        with torch.random.fork_rng(devices=[]):  # building nn.LSTMCells draws from the global RNG
+            cells = rnn.torch_cells()
+        if cells is None or not isinstance(cells[0], nn.LSTMCell):
+            return None
+        return cls(emb.weight.detach(), cells, head.weight.detach(), head.bias, int8)
+
+    def state(self, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The model's LSTM state ``(h, c)``, each (L, B, H), as the fp32 contiguous copies the kernel updates."""
+        return tuple(s.detach().float().contiguous().clone() for s in state)
+
+    def step(self, tokens: Tensor, state: tuple[Tensor, Tensor]) -> Tensor:
+        """``tokens (B,)`` -> ``logits (B, V)``; ``state`` (from ``state()``) advances in place."""
+        h, c = state
+        tokens = tokens.to(torch.int64).contiguous()
+        B = tokens.shape[0]
+        logits = torch.empty(B, self.vocab)
+        if self.lib.rnnkit_lstm_step(ctypes.byref(self._model), _ptr(tokens, _i64p), ctypes.c_int64(B),
+                                     _ptr(h, _f32p), _ptr(c, _f32p), _ptr(logits, _f32p)):
+            raise MemoryError("the native LSTM step could not allocate its scratch")
+        return logits
+
+    def generate(self, tokens: Tensor, state: tuple[Tensor, Tensor], uniform: Tensor, temperature: float,
+                 top_k: int | None, top_p: float | None) -> Tensor:
+        """From ``tokens (B,)``, already sampled: step and sample ``n`` more, drawing with ``uniform (n, B)`` in
+        [0, 1); returns ``(n, B)`` ids. ``state`` advances in place."""
+        h, c = state
+        tokens = tokens.to(torch.int64).contiguous()
+        n, B = uniform.shape
+        uniform = uniform.float().contiguous()
+        out = torch.empty(n, B, dtype=torch.int64)
+        logits = torch.empty(B, self.vocab)
+        if self.lib.rnnkit_lstm_generate(
+                ctypes.byref(self._model), _ptr(tokens, _i64p), ctypes.c_int64(B), _ptr(h, _f32p), _ptr(c, _f32p),
+                ctypes.c_int64(n), _ptr(uniform, _f32p), ctypes.c_float(temperature), ctypes.c_int64(top_k or 0),
+                ctypes.c_float(top_p if top_p is not None else 1.0), _ptr(out, _i64p), _ptr(logits, _f32p)):
+            raise MemoryError("the native LSTM sampler could not allocate its scratch")
+        return out

@@ -1,0 +1,267 @@
+"""The compiled LSTM sampler (rnnkit.native) against torch: fp32 steps against the model, int8 steps against the
+quantisation scheme worked in float64, the filters against ``filter_logits``, sampled frequencies against the
+softmax, the fallbacks, the build cache, and ``rnnkit sample --int8``."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+from conftest import require_tool
+from test_cli import SMALL, run
+
+from rnnkit import native
+from rnnkit.generate import NATIVE_MAX_BATCH, FastStepper, filter_logits, generate
+from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
+from rnnkit.native.sampler import NativeLSTM, quantize_rows
+
+V = 13
+
+
+@pytest.fixture(autouse=True)
+def kernels():
+    require_tool(native.library() is not None, f"the native kernels are unavailable: {native.unavailable()}",
+                 "RNNKIT_REQUIRE_COMPILER")
+
+
+def lstm_model(num_layers: int = 2, hidden: int = 24, cell: str = "lstm", seed: int = 0) -> LanguageModel:
+    torch.manual_seed(seed)
+    model = LanguageModel(LanguageModelConfig(vocab_size=V, cell=cell, hidden_size=hidden, num_layers=num_layers,
+                                              embedding_size=8))
+    with torch.no_grad():  # larger weights than the default init, so states and logits vary a lot
+        for p in model.parameters():
+            p.normal_(0.0, 0.4)
+    return model.eval()
+
+
+def primed(model, batch: int = 3, seed: int = 1):
+    """A state after a random prompt, and the prompt's last tokens."""
+    x = torch.randint(0, V, (batch, 9), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model(x).state, x[:, -1]
+
+
+def quantised_step(model, tokens, state):
+    """One int8 step as lstm.c defines it, in float64: weights dequantised from ``quantize_rows``; each layer's
+    input vector (layer 0: h; layer l: [h below | h]) rounded to a symmetric 8-bit grid of step max|x| / 127."""
+    cells = model.rnn.torch_cells()
+    h, c = (s.double().clone() for s in state)
+
+    def q(x):
+        s = x.abs().amax(-1, keepdim=True) / 127
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        return torch.round(x / s) * s
+
+    def deq(w):
+        qw, scale, _ = quantize_rows(w.detach().float())
+        return qw.double() * scale.double()[:, None]
+
+    for i, cell in enumerate(cells):
+        b = (cell.bias_ih + cell.bias_hh).double()
+        if i == 0:
+            gates = model.embedding(tokens).double() @ cell.weight_ih.double().T + q(h[0]) @ deq(cell.weight_hh).T + b
+        else:
+            x = torch.cat([h[i - 1], h[i]], -1)
+            gates = q(x) @ deq(torch.cat([cell.weight_ih, cell.weight_hh], 1)).T + b
+        gi, gf, gg, go = gates.chunk(4, -1)
+        c[i] = gf.sigmoid() * c[i] + gi.sigmoid() * gg.tanh()
+        h[i] = go.sigmoid() * c[i].tanh()
+    return model.head(h[-1].float()).double(), (h, c)
+
+
+# -- steps ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_fp32_steps_match_the_model(num_layers):
+    model = lstm_model(num_layers)
+    state, tok = primed(model)
+    kernels = NativeLSTM.for_model(model)
+    mine = kernels.state(state)
+    with torch.no_grad():
+        for _ in range(25):
+            ours = kernels.step(tok, mine)
+            theirs, state = model.step(tok, state)
+            torch.testing.assert_close(ours, theirs, atol=2e-5, rtol=1e-5)
+            tok = theirs.argmax(-1)
+    torch.testing.assert_close(mine[0], state[0], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(mine[1], state[1], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_int8_steps_match_the_quantisation_scheme(num_layers):
+    model = lstm_model(num_layers, hidden=40)
+    state, tok = primed(model)
+    kernels = NativeLSTM.for_model(model, int8=True)
+    mine, ref = kernels.state(state), state
+    with torch.no_grad():
+        for _ in range(10):
+            ours = kernels.step(tok, mine)
+            theirs, ref = quantised_step(model, tok, ref)
+            torch.testing.assert_close(ours.double(), theirs, atol=1e-4, rtol=1e-4)
+            mine = tuple(s.copy_(r.float()) for s, r in zip(mine, ref, strict=True))  # no drift between the two
+            tok = theirs.argmax(-1)
+
+
+def test_int8_steps_stay_close_to_fp32():
+    """From the same states, int8's logits are off by a small fraction of their spread."""
+    model = lstm_model(2, hidden=64)
+    state, tok = primed(model, batch=4)
+    kernels = NativeLSTM.for_model(model, int8=True)
+    with torch.no_grad():
+        for _ in range(10):
+            ours = kernels.step(tok, kernels.state(state))
+            exact, state = model.step(tok, state)
+            err = (ours - exact).abs().max()
+            assert 0 < err < 0.05 * exact.std(), (err, exact.std())
+            tok = exact.argmax(-1)
+
+
+def test_quantize_rows():
+    w = torch.randn(37, 50) * torch.logspace(-3, 1, 37)[:, None]
+    w[5] = 0
+    q, scale, rowsum = quantize_rows(w)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127 and (q.abs().amax(1)[w.abs().amax(1) > 0] == 127).all()
+    assert torch.all((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-7)
+    assert scale[5] == 1 and torch.equal(rowsum, q.int().sum(1))
+
+
+# -- sampling ------------------------------------------------------------------------------------------------
+def c_filter(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    logits = logits.float().contiguous()
+    probs, order = torch.empty_like(logits), torch.empty_like(logits)
+    f32 = ctypes.POINTER(ctypes.c_float)
+    native.library().rnnkit_filter_probs(
+        ctypes.cast(logits.data_ptr(), f32), ctypes.c_int64(len(logits)), ctypes.c_float(temperature),
+        ctypes.c_int64(top_k or 0), ctypes.c_float(top_p or 1.0), ctypes.cast(probs.data_ptr(), f32),
+        ctypes.cast(order.data_ptr(), f32))
+    return probs
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [
+    (1.0, None, None), (0.5, None, None), (2.0, 5, None), (1.0, None, 0.7), (0.8, 20, 0.9), (1.0, 1, None),
+    (1.0, None, 1e-6), (1.3, 49, 0.999),
+])
+def test_filter_matches_filter_logits(temperature, top_k, top_p):
+    g = torch.Generator().manual_seed(int(temperature * 10) + (top_k or 0))
+    for _ in range(20):
+        logits = torch.randn(50, generator=g) * 3
+        theirs = filter_logits(logits[None] / temperature, top_k, top_p).softmax(-1)[0]
+        torch.testing.assert_close(c_filter(logits, temperature, top_k, top_p), theirs, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.6, None, None), (1.0, 4, None),
+                                                       (1.0, None, 0.8)])
+def test_sampled_frequencies_follow_the_filtered_softmax(temperature, top_k, top_p):
+    """20,000 rows from one state: each row's first sampled token is a draw from the same distribution."""
+    model = lstm_model(1, hidden=8)
+    n = 20_000
+    state, _ = primed(model, batch=1)
+    state = tuple(s.expand(-1, n, -1).contiguous() for s in state)
+    tokens = torch.full((n,), 3)
+    kernels = NativeLSTM.for_model(model)
+    with torch.no_grad():
+        logits, _ = model.step(tokens[:1], tuple(s[:, :1] for s in state))
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)[0].double().numpy()
+    draws = kernels.generate(tokens, kernels.state(state), torch.rand(1, n, generator=torch.Generator().manual_seed(0)),
+                             temperature, top_k, top_p)[0]
+    freq = np.bincount(draws.numpy(), minlength=V) / n
+    sigma = np.sqrt(probs * (1 - probs) / n)
+    assert np.all(np.abs(freq - probs) <= 5 * sigma + 1e-12), (freq, probs)
+    assert probs.min() > 0 or freq[probs == 0].sum() == 0
+
+
+def test_generate_takes_the_kernels_and_agrees_with_torch():
+    model = lstm_model()
+    greedy = generate(model, [1, 2, 3], 150, temperature=0, num_samples=2)
+    assert torch.equal(greedy, generate(model, [1, 2, 3], 150, temperature=0, num_samples=2, native=False))
+    a = generate(model, [4], 200, temperature=1.0, seed=5, num_samples=3)
+    assert torch.equal(a, generate(model, [4], 200, temperature=1.0, seed=5, num_samples=3))  # seeded
+    assert not torch.equal(a, generate(model, [4], 200, temperature=1.0, seed=6, num_samples=3))
+    seen = []
+    b = generate(model, [4], 150, temperature=1.0, seed=5, num_samples=3, on_tokens=seen.append)
+    assert torch.equal(torch.stack(seen, 1), b) and torch.equal(b, a[:, :150])  # chunking does not change a draw
+    many = generate(model, [4], 20, temperature=0, num_samples=NATIVE_MAX_BATCH + 1)  # torch's path
+    assert torch.equal(many[0], greedy[0, :20]) and torch.equal(many[-1], greedy[0, :20])
+
+
+def test_int8_generate_stays_on_the_fp32_chain_for_a_while():
+    model = lstm_model(hidden=64)
+    fp32 = generate(model, [1, 2], 20, temperature=0)
+    for native_path in (True, False):  # the kernels, then torch's dynamic quantisation
+        int8 = generate(model, [1, 2], 20, temperature=0, int8=True, native=native_path)
+        assert (int8 == fp32).float().mean() >= 0.5, (int8, fp32)
+
+
+def test_only_cpu_fp32_unidirectional_lstms_take_the_kernels():
+    assert NativeLSTM.for_model(lstm_model()) is not None
+    assert NativeLSTM.for_model(lstm_model(cell="gru")) is None
+    assert NativeLSTM.for_model(lstm_model(cell="lnlstm")) is None
+    assert NativeLSTM.for_model(lstm_model().double()) is None
+    assert FastStepper.for_model(lstm_model(cell="gru")) is not None  # which keep torch's fast path
+
+
+# -- availability and the build ------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_library(monkeypatch):
+    native.library.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    native.library.cache_clear()
+
+
+def test_switched_off_falls_back_to_torch(fresh_library):
+    fresh_library.setenv("RNNKIT_NATIVE", "0")
+    assert native.library() is None and native.unavailable() == "RNNKIT_NATIVE=0"
+    model = lstm_model()
+    assert NativeLSTM.for_model(model) is None
+    assert generate(model, [1], 10, temperature=0).shape == (1, 10)
+
+
+def test_a_failing_compiler_falls_back(fresh_library, tmp_path):
+    fresh_library.setenv("RNNKIT_CACHE", str(tmp_path))
+    fresh_library.setenv("CC", "false")
+    assert native.library() is None and "building lstm.c failed" in native.unavailable()
+    assert list(tmp_path.rglob("*")) == [tmp_path / "native"]  # nothing half-written left behind
+
+
+def test_the_build_is_cached_by_machine_and_source(fresh_library, tmp_path):
+    fresh_library.setenv("RNNKIT_CACHE", str(tmp_path))
+    lib = native.library()
+    assert lib is not None and native.unavailable() is None
+    built = list((tmp_path / "native").iterdir())
+    assert len(built) == 1 and built[0].suffix == ".so"
+    stamp = built[0].stat().st_mtime_ns
+    native.library.cache_clear()
+    assert native.library() is not None and list((tmp_path / "native").iterdir()) == built
+    assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+# -- the CLI -------------------------------------------------------------------------------------------------
+def test_sample_int8_on_a_trained_run(small_corpus, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 10, "--out", run_dir, *SMALL)
+    assert code == 0, err
+    code, out, err = run(capsys, "sample", run_dir, "--prompt", "The ", "--length", 80, "--seed", 3, "--int8")
+    assert code == 0 and out.startswith("The ") and len(out.rstrip("\n")) == 84, err
+    assert run(capsys, "sample", run_dir, "--prompt", "The ", "--length", 80, "--seed", 3, "--int8")[1] == out
+
+
+def test_loading_leaves_the_process_floating_point_alone():
+    """Denormals still exist after the library is loaded (an -ffast-math link would flush them to zero)."""
+    assert native.library() is not None
+    tiny = torch.tensor(1e-40, dtype=torch.float32)
+    assert tiny * 1 > 0 and np.float32(1e-40) * np.float32(1) > 0
+
+
+def test_kernels_are_reused_until_the_weights_change():
+    model = lstm_model()
+    a = NativeLSTM.for_model(model)
+    assert NativeLSTM.for_model(model) is a and NativeLSTM.for_model(model, int8=True) is not a
+    state, tok = primed(model)
+    before = a.step(tok, a.state(state))
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # in place, as an optimizer step writes
+    b = NativeLSTM.for_model(model)
+    assert b is not a
+    torch.testing.assert_close(b.step(tok, b.state(state)), before + 1.0)
