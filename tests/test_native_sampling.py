@@ -265,3 +265,22 @@ def test_kernels_are_reused_until_the_weights_change():
     b = NativeLSTM.for_model(model)
     assert b is not a
     torch.testing.assert_close(b.step(tok, b.state(state)), before + 1.0)
+
+
+def test_bad_tokens_and_states_are_refused_not_read():
+    model = lstm_model()
+    kernels = NativeLSTM.for_model(model)
+    state = kernels.state(model.init_state(2))
+    before = [s.clone() for s in state]
+    for bad in ([0, V], [-1, 0]):
+        with pytest.raises(IndexError, match="token ids"):
+            kernels.step(torch.tensor(bad), state)
+        with pytest.raises(IndexError, match="token ids"):
+            kernels.generate(torch.tensor(bad), state, torch.rand(3, 2), 1.0, None, None)
+    assert all(torch.equal(s, b) for s, b in zip(state, before, strict=True))  # untouched
+    with pytest.raises(ValueError, match="state"):
+        kernels.step(torch.tensor([0]), state)  # a batch of 1 against a state of 2
+    with pytest.raises(ValueError, match="state"):
+        kernels.step(torch.tensor([0, 1]), tuple(s.double() for s in state))
+    with pytest.raises(ValueError, match="columns"):
+        kernels.generate(torch.tensor([0, 1]), state, torch.rand(3, 5), 1.0, None, None)

@@ -135,7 +135,15 @@ static void step(const lstm_model *m, const int64_t *tokens, int64_t B, float *h
         for (int64_t v = 0; v < V; v++) logits[b * V + v] = m->head_b[v] + dot_f32(top + b * H, m->head_w + v * H, H);
 }
 
+static int in_vocabulary(const lstm_model *m, const int64_t *tokens, int64_t B) {
+    for (int64_t b = 0; b < B; b++)
+        if (tokens[b] < 0 || tokens[b] >= m->vocab) return 0;
+    return 1;
+}
+
+/* Returns 0, 1 when scratch could not be allocated, 2 when a token is outside the vocabulary. */
 int rnnkit_lstm_step(const lstm_model *m, const int64_t *tokens, int64_t B, float *h, float *c, float *logits) {
+    if (!in_vocabulary(m, tokens, B)) return 2;
     scratch s;
     if (!scratch_alloc(&s, B, m->hidden)) {
         scratch_free(&s);
@@ -215,10 +223,12 @@ static int64_t sample_row(const float *logits, int64_t V, float temperature, int
 }
 
 /* From tokens (B) already chosen: n times, step, then sample the next token of each row from logits with
- * uniform (n, B); out (n, B). h, c advance in place; the last step's logits are left in logits (B, V). */
+ * uniform (n, B); out (n, B). h, c advance in place; the last step's logits are left in logits (B, V).
+ * Returns as rnnkit_lstm_step. */
 int rnnkit_lstm_generate(const lstm_model *m, const int64_t *tokens, int64_t B, float *h, float *c, int64_t n,
                          const float *uniform, float temperature, int64_t top_k, float top_p, int64_t *out,
                          float *logits) {
+    if (!in_vocabulary(m, tokens, B)) return 2;
     const int64_t V = m->vocab;
     scratch s;
     float *probs = malloc(sizeof(float) * V), *order = malloc(sizeof(float) * V);

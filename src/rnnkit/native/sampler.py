@@ -130,30 +130,46 @@ class NativeLSTM:
         """The model's LSTM state ``(h, c)``, each (L, B, H), as the fp32 contiguous copies the kernel updates."""
         return tuple(s.detach().float().contiguous().clone() for s in state)
 
+    def _check(self, tokens: Tensor, state: tuple[Tensor, Tensor]) -> Tensor:
+        """The kernels trust their pointers: every shape, dtype and layout is checked here."""
+        tokens = tokens.to(torch.int64).contiguous()
+        shape = (self.layers, tokens.shape[0], self.hidden)
+        if tokens.dim() != 1 or any(s.shape != shape or s.dtype != torch.float32 or s.device.type != "cpu"
+                                    or not s.is_contiguous() for s in state):
+            raise ValueError(f"expected tokens (B,) and a state from state(): h and c fp32 contiguous {shape}")
+        return tokens
+
+    @staticmethod
+    def _raise(code: int, tokens: Tensor) -> None:
+        if code == 2:
+            raise IndexError(f"token ids must be in [0, vocabulary size) (got {tokens.tolist()})")
+        if code:
+            raise MemoryError("the native LSTM kernels could not allocate their scratch")
+
     def step(self, tokens: Tensor, state: tuple[Tensor, Tensor]) -> Tensor:
         """``tokens (B,)`` -> ``logits (B, V)``; ``state`` (from ``state()``) advances in place."""
+        tokens = self._check(tokens, state)
         h, c = state
-        tokens = tokens.to(torch.int64).contiguous()
         B = tokens.shape[0]
         logits = torch.empty(B, self.vocab)
-        if self.lib.rnnkit_lstm_step(ctypes.byref(self._model), _ptr(tokens, _i64p), ctypes.c_int64(B),
-                                     _ptr(h, _f32p), _ptr(c, _f32p), _ptr(logits, _f32p)):
-            raise MemoryError("the native LSTM step could not allocate its scratch")
+        self._raise(self.lib.rnnkit_lstm_step(ctypes.byref(self._model), _ptr(tokens, _i64p), ctypes.c_int64(B),
+                                              _ptr(h, _f32p), _ptr(c, _f32p), _ptr(logits, _f32p)), tokens)
         return logits
 
     def generate(self, tokens: Tensor, state: tuple[Tensor, Tensor], uniform: Tensor, temperature: float,
                  top_k: int | None, top_p: float | None) -> Tensor:
         """From ``tokens (B,)``, already sampled: step and sample ``n`` more, drawing with ``uniform (n, B)`` in
         [0, 1); returns ``(n, B)`` ids. ``state`` advances in place."""
+        tokens = self._check(tokens, state)
         h, c = state
-        tokens = tokens.to(torch.int64).contiguous()
         n, B = uniform.shape
+        if B != tokens.shape[0]:
+            raise ValueError(f"uniform has {B} columns for {tokens.shape[0]} rows")
         uniform = uniform.float().contiguous()
         out = torch.empty(n, B, dtype=torch.int64)
         logits = torch.empty(B, self.vocab)
-        if self.lib.rnnkit_lstm_generate(
-                ctypes.byref(self._model), _ptr(tokens, _i64p), ctypes.c_int64(B), _ptr(h, _f32p), _ptr(c, _f32p),
-                ctypes.c_int64(n), _ptr(uniform, _f32p), ctypes.c_float(temperature), ctypes.c_int64(top_k or 0),
-                ctypes.c_float(top_p if top_p is not None else 1.0), _ptr(out, _i64p), _ptr(logits, _f32p)):
-            raise MemoryError("the native LSTM sampler could not allocate its scratch")
+        self._raise(self.lib.rnnkit_lstm_generate(
+            ctypes.byref(self._model), _ptr(tokens, _i64p), ctypes.c_int64(B), _ptr(h, _f32p), _ptr(c, _f32p),
+            ctypes.c_int64(n), _ptr(uniform, _f32p), ctypes.c_float(temperature), ctypes.c_int64(top_k or 0),
+            ctypes.c_float(top_p if top_p is not None else 1.0), _ptr(out, _i64p), _ptr(logits, _f32p)), tokens)
         return out
