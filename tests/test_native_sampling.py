@@ -284,3 +284,23 @@ def test_bad_tokens_and_states_are_refused_not_read():
         kernels.step(torch.tensor([0, 1]), tuple(s.double() for s in state))
     with pytest.raises(ValueError, match="columns"):
         kernels.generate(torch.tensor([0, 1]), state, torch.rand(3, 5), 1.0, None, None)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_saturated_gates_stay_finite(int8):
+    """Regression: pre-activations past ±88 overflowed expf, and the fast reciprocal turned 1 / (1 + inf) into NaN
+    (first seen on a trained Tiny Shakespeare model)."""
+    model = lstm_model(hidden=32)
+    with torch.no_grad():
+        for p in model.rnn.parameters():
+            p.mul_(60.0)
+    state, tok = primed(model)
+    kernels = NativeLSTM.for_model(model, int8=int8)
+    with torch.no_grad():
+        for _ in range(10):  # each step from the model's state: with weights this large, differences compound
+            ours = kernels.step(tok, mine := kernels.state(state))
+            theirs, state = model.step(tok, state)
+            assert torch.isfinite(ours).all() and torch.isfinite(mine[1]).all()
+            if not int8:
+                torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+            tok = theirs.argmax(-1)

@@ -77,7 +77,12 @@ static void matvec(const lstm_model *m, int l, const float *x, int64_t B, int64_
     }
 }
 
-static inline float sigmoid(float v) { return 1.0f / (1.0f + expf(-v)); }
+/* Clamped so that expf never overflows: with -ffast-math, 1 / (1 + inf) may be a reciprocal estimate refined by a
+ * Newton step, which turns inf into NaN. sigmoid(40) is 1 in float and sigmoid(-40) is 4e-18. */
+static inline float sigmoid(float v) {
+    v = fminf(fmaxf(v, -40.0f), 40.0f);
+    return 1.0f / (1.0f + expf(-v));
+}
 
 /* gates (4H) -> c, h in place: c = sig(f) c + sig(i) tanh(g), h = sig(o) tanh(c), tanh(v) = 2 sig(2v) - 1 */
 static void lstm_pointwise(const float *gates, int64_t H, float *h, float *c) {
