@@ -5,6 +5,8 @@ softmax, the fallbacks, the build cache, and ``rnnkit sample --int8``."""
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from conftest import require_tool
 from test_cli import SMALL, run
 
 from rnnkit import native
-from rnnkit.generate import NATIVE_MAX_BATCH, FastStepper, filter_logits, generate
+from rnnkit.generate import NATIVE_CHUNK, NATIVE_MAX_BATCH, FastStepper, filter_logits, generate
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
 from rnnkit.native.sampler import NativeLSTM, quantize_rows
 
@@ -185,6 +187,25 @@ def test_generate_takes_the_kernels_and_agrees_with_torch():
     assert torch.equal(many[0], greedy[0, :20]) and torch.equal(many[-1], greedy[0, :20])
 
 
+def test_generate_samples_through_the_kernels_in_chunks(monkeypatch):
+    calls = []
+    real = NativeLSTM.generate
+
+    def spy(self, tokens, state, uniform, *args):
+        calls.append(tuple(uniform.shape))
+        return real(self, tokens, state, uniform, *args)
+
+    monkeypatch.setattr(NativeLSTM, "generate", spy)
+    model = lstm_model()
+    generate(model, [1], 1 + 2 * NATIVE_CHUNK + 5, num_samples=3, seed=0)
+    assert calls == [(NATIVE_CHUNK, 3), (NATIVE_CHUNK, 3), (5, 3)]  # the first token comes from the prompt's pass
+    calls.clear()
+    generate(model, [1], 30, num_samples=NATIVE_MAX_BATCH + 1, seed=0)
+    generate(model, [1], 30, seed=0, native=False)
+    generate(model.double(), [1], 30, seed=0)
+    assert calls == []
+
+
 def test_int8_generate_stays_on_the_fp32_chain_for_a_while():
     model = lstm_model(hidden=64)
     fp32 = generate(model, [1, 2], 20, temperature=0)
@@ -235,6 +256,26 @@ def test_the_build_is_cached_by_machine_and_source(fresh_library, tmp_path):
     native.library.cache_clear()
     assert native.library() is not None and list((tmp_path / "native").iterdir()) == built
     assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    assert built[0].stat().st_mode & 0o777 == 0o755  # loadable by whoever shares the cache
+    changed = tmp_path / "lstm.c"
+    changed.write_text(native.SOURCE.read_text() + "\n/* changed */\n")
+    fresh_library.setattr(native, "SOURCE", changed)
+    native.library.cache_clear()
+    assert native.library() is not None and len(list((tmp_path / "native").iterdir())) == 2  # a new key
+
+
+def test_a_cached_library_that_does_not_load_is_rebuilt(fresh_library, tmp_path):
+    """In a fresh process: this one already has the library mapped under that name, and dlopen would reuse it."""
+    fresh_library.setenv("RNNKIT_CACHE", str(tmp_path))
+    assert native.library() is not None
+    (built,) = (tmp_path / "native").iterdir()
+    broken = tmp_path / "broken"
+    broken.write_bytes(b"not a shared library")
+    broken.replace(built)  # a new file, as a build writes it: the mapped one stays intact
+    code = "from rnnkit import native; assert native.library() is not None, native.unavailable()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert built.read_bytes()[:4] == b"\x7fELF"
 
 
 # -- the CLI -------------------------------------------------------------------------------------------------
@@ -265,6 +306,10 @@ def test_kernels_are_reused_until_the_weights_change():
     b = NativeLSTM.for_model(model)
     assert b is not a
     torch.testing.assert_close(b.step(tok, b.state(state)), before + 1.0)
+    model.head.bias.data[0] += 1.0  # behind autograd's back: no version bump, but the weights changed
+    c = NativeLSTM.for_model(model)
+    assert c is not b
+    assert c.step(tok, c.state(state))[:, 0].sub(before[:, 0] + 2.0).abs().max() < 1e-5
 
 
 def test_bad_tokens_and_states_are_refused_not_read():
@@ -282,8 +327,29 @@ def test_bad_tokens_and_states_are_refused_not_read():
         kernels.step(torch.tensor([0]), state)  # a batch of 1 against a state of 2
     with pytest.raises(ValueError, match="state"):
         kernels.step(torch.tensor([0, 1]), tuple(s.double() for s in state))
-    with pytest.raises(ValueError, match="columns"):
+    with pytest.raises(ValueError, match="uniform"):
         kernels.generate(torch.tensor([0, 1]), state, torch.rand(3, 5), 1.0, None, None)
+    with pytest.raises(ValueError, match="temperature"):
+        kernels.generate(torch.tensor([0, 1]), state, torch.rand(3, 2), -1.0, None, None)
+    with pytest.raises(ValueError, match="temperature"):
+        kernels.generate(torch.tensor([0, 1]), state, torch.rand(3, 2), float("nan"), None, None)
+    assert all(torch.equal(s, b) for s, b in zip(state, before, strict=True))
+
+
+def test_weights_that_do_not_chain_are_refused():
+    model = lstm_model()
+    cells = model.rnn.torch_cells()
+    emb, hw, hb = model.embedding.weight.detach(), model.head.weight.detach(), model.head.bias.detach()
+    with pytest.raises(ValueError, match="head"):
+        NativeLSTM(emb, cells, hw[:-1], hb[:-1])  # fewer outputs than tokens: the kernels would read past the end
+    with pytest.raises(ValueError, match="head"):
+        NativeLSTM(emb, cells, hw, hb[:-1])
+    with pytest.raises(ValueError, match="layer sizes"):
+        NativeLSTM(emb[:, :5], cells, hw, hb)
+    with pytest.raises(ValueError, match="LSTMCell"):
+        NativeLSTM(emb, [torch.nn.GRUCell(8, 24)], hw, hb)
+    model.head = torch.nn.Linear(24, V - 1)  # a model whose head disagrees with its embedding: torch's path
+    assert NativeLSTM.for_model(model) is None
 
 
 @pytest.mark.parametrize("int8", [False, True])

@@ -133,7 +133,9 @@ def generate(
     compiled kernels (``NativeLSTM``: an LSTM model on the CPU, at most ``NATIVE_MAX_BATCH`` rows, unless
     ``native`` is False), else of a ``FastStepper`` when the model has one, else of ``model.step``.
     ``on_tokens`` sees every new ``(B,)`` column (for streaming; the kernels sample ``NATIVE_CHUNK`` tokens per
-    call, so columns arrive in bursts). ``int8`` samples with int8 weights (CPU).
+    call, so columns arrive in bursts). ``int8`` samples with int8 weights (CPU). A seed reproduces a sample
+    on the same path: the kernels draw from their own uniforms, so the same seed gives other text than torch's
+    path (``native=False``, more than ``NATIVE_MAX_BATCH`` rows, or no C compiler).
     """
     check_sampling(temperature, top_k, top_p, length, num_samples)
     if len(prompt) == 0:

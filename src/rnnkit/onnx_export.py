@@ -249,7 +249,7 @@ def check_language_model(model: nn.Module, path: str | Path, prompt: list[int], 
         step_logits, s = session(np.asarray([[tok]], dtype=np.int64), s)
         steps.append(step_logits[0, 0])
     want = out.logits[0].numpy()
-    torch_greedy = generate(model, prompt, length, temperature=0.0)[0].tolist()
+    torch_greedy = generate(model, prompt, length, temperature=0.0, native=False)[0].tolist()  # PyTorch's own
     onnx_greedy = session.greedy(prompt, length)
     agree = next((i for i, (a, b) in enumerate(zip(torch_greedy, onnx_greedy, strict=True)) if a != b), length)
     return {

@@ -17,6 +17,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -46,22 +47,29 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _build(compiler: str) -> Path:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+def _error(stderr: str) -> str:
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln]
+    return (errors or lines or ["the compiler failed"])[0]
+
+
+def _build(compiler: list[str], force: bool = False) -> Path:
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(),
                                     _cpu_flags()]).encode()).hexdigest()[:16]
     out = cache_dir() / f"lstm-{key}.so"
-    if out.exists():
+    if out.exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
     os.close(fd)
     obj = tmp[: -len(".so.tmp")] + ".o"
     try:
-        for argv in ([compiler, *FLAGS, "-c", str(SOURCE), "-o", obj], [compiler, "-shared", obj, "-o", tmp, "-lm"]):
+        for argv in ([*compiler, *FLAGS, "-c", str(SOURCE), "-o", obj], [*compiler, "-shared", obj, "-o", tmp, "-lm"]):
             done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
-                raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "compiler failed")
+                raise OSError(_error(done.stderr))
+        os.chmod(tmp, 0o755)  # mkstemp made it 0600: loadable by whoever shares the cache
         os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
     finally:
         for path in (tmp, obj):
@@ -76,15 +84,20 @@ _reason: list[str] = []
 @cache
 def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None where they cannot be had (see ``unavailable``)."""
+    _reason.clear()
     if os.environ.get("RNNKIT_NATIVE", "1") == "0":
         _reason.append("RNNKIT_NATIVE=0")
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc") or ""]
+    if not compiler[0] or shutil.which(compiler[0]) is None:
         _reason.append("no C compiler (install gcc, or set CC)")
         return None
     try:
-        lib = ctypes.CDLL(str(_build(compiler)))
+        path = _build(compiler)
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError:  # a cached library that does not load (truncated, or another machine's): build it again
+            lib = ctypes.CDLL(str(_build(compiler, force=True)))
     except (OSError, subprocess.SubprocessError) as e:
         _reason.append(f"building {SOURCE.name} failed: {e}")
         return None

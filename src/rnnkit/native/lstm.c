@@ -162,7 +162,8 @@ int rnnkit_lstm_step(const lstm_model *m, const int64_t *tokens, int64_t B, floa
 /* Sampling from one row of logits, as rnnkit.generate.next_token does with torch ops: temperature 0 takes the
  * first largest logit; otherwise logits / temperature, then top-k keeps the logits >= the k-th largest, then top-p
  * keeps, in order of decreasing probability, the tokens whose preceding mass is < p, and u in [0, 1) picks from the
- * renormalised probabilities by their cumulative sum in token order. */
+ * renormalised probabilities by their cumulative sum in token order. One difference: where several tokens tie
+ * exactly at top-p's cut, all of them are kept (torch keeps those its sort happened to rank first). */
 
 static int desc(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
@@ -173,18 +174,18 @@ static int desc(const void *a, const void *b) {
  * (the file is built with -ffast-math): a dropped token gets probability 0. */
 int rnnkit_filter_probs(const float *logits, int64_t V, float temperature, int64_t top_k, float top_p,
                         float *probs, float *order) {
-    float mx = logits[0] / temperature, kth = 0.0f;
-    for (int64_t v = 0; v < V; v++) mx = fmaxf(mx, logits[v] / temperature);
+    for (int64_t v = 0; v < V; v++) probs[v] = logits[v] / temperature; /* z, computed once */
+    float mx = probs[0], kth = 0.0f;
+    for (int64_t v = 1; v < V; v++) mx = fmaxf(mx, probs[v]);
     int by_rank = top_k > 0 && top_k < V;
     if (by_rank) {
-        for (int64_t v = 0; v < V; v++) order[v] = logits[v] / temperature;
+        memcpy(order, probs, sizeof(float) * V);
         qsort(order, (size_t)V, sizeof(float), desc);
         kth = order[top_k - 1];
     }
     float total = 0.0f;
     for (int64_t v = 0; v < V; v++) {
-        float z = logits[v] / temperature;
-        probs[v] = by_rank && z < kth ? 0.0f : expf(z - mx);
+        probs[v] = by_rank && probs[v] < kth ? 0.0f : expf(probs[v] - mx);
         total += probs[v];
     }
     for (int64_t v = 0; v < V; v++) probs[v] /= total;

@@ -41,12 +41,33 @@ def quantize_rows(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return q.contiguous(), scale.float().contiguous(), q.sum(1, dtype=torch.int32).contiguous()
 
 
-_built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {int8: (weights' versions, NativeLSTM)}
+_built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {int8: (fingerprint, NativeLSTM)}
+MAX_HIDDEN = 32767  # int8 dot products of 2H terms, each up to 255 * 127, stay inside int32
 
 
-def _versions(model: nn.Module) -> tuple:
-    """Changes whenever a parameter is replaced or written in place (an optimizer step, load_state_dict)."""
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+def _fingerprint(model: nn.Module) -> tuple:
+    """Changes whenever a parameter is replaced or written: in place through autograd's view of it (an optimizer
+    step, load_state_dict: the version counter), or behind it (``p.data``, NumPy: the sum)."""
+    params = list(model.parameters())
+    with torch.no_grad():
+        sums = torch.stack([p.detach().sum(dtype=torch.float64) for p in params]).tolist() if params else []
+    return tuple((p.data_ptr(), p._version) for p in params), tuple(sums)
+
+
+def _mismatch(embedding: Tensor, cells: list, head_w: Tensor, head_b: Tensor | None) -> str | None:
+    """What makes these weights unfit for lstm.c, or None: the kernels index by these sizes without checking."""
+    V, E = embedding.shape
+    if not cells or len(cells) > MAX_LAYERS or not all(isinstance(c, nn.LSTMCell) for c in cells):
+        return f"1 to {MAX_LAYERS} torch.nn.LSTMCell layers are needed"
+    H = cells[0].hidden_size
+    if H > MAX_HIDDEN:
+        return f"hidden size {H} is above {MAX_HIDDEN}"
+    sizes = [(c.input_size, c.hidden_size) for c in cells]
+    if sizes != [(E, H)] + [(H, H)] * (len(cells) - 1):
+        return f"layer sizes {sizes} do not chain from embedding size {E} at hidden size {H}"
+    if tuple(head_w.shape) != (V, H) or (head_b is not None and tuple(head_b.shape) != (V,)):
+        return f"the head must map {H} to the {V} tokens of the embedding (got {tuple(head_w.shape)})"
+    return None
 
 
 class NativeLSTM:
@@ -62,8 +83,9 @@ class NativeLSTM:
         lib = library()
         if lib is None:
             raise RuntimeError("the native kernels are unavailable")
-        if len(cells) > MAX_LAYERS:
-            raise ValueError(f"at most {MAX_LAYERS} layers")
+        problem = _mismatch(embedding, cells, head_w, head_b)
+        if problem:
+            raise ValueError(problem)
         self.lib, self.int8 = lib, int8
         self.layers, self.hidden, self.vocab = len(cells), cells[0].hidden_size, embedding.shape[0]
         H = self.hidden
@@ -104,12 +126,13 @@ class NativeLSTM:
         """For a CPU fp32 model with ``embedding``, an LSTM ``rnn`` (unidirectional, torch-equivalent cells) and
         ``head``; None where the model is not one, or the kernels are unavailable. Built once per model and
         reused while its weights are unchanged (so a server's requests skip the copy and the quantisation)."""
-        versions, cached = _built.get(model, {}).get(int8, (None, None))
-        if cached is not None and versions == _versions(model):
+        fingerprint = _fingerprint(model)
+        seen, cached = _built.get(model, {}).get(int8, (None, None))
+        if cached is not None and seen == fingerprint:
             return cached
         kernels = cls._build(model, int8)
         if kernels is not None:
-            _built.setdefault(model, {})[int8] = (_versions(model), kernels)
+            _built.setdefault(model, {})[int8] = (fingerprint, kernels)
         return kernels
 
     @classmethod
@@ -122,7 +145,7 @@ class NativeLSTM:
             return None
         with torch.random.fork_rng(devices=[]):  # building nn.LSTMCells draws from the global RNG
             cells = rnn.torch_cells()
-        if cells is None or not isinstance(cells[0], nn.LSTMCell):
+        if cells is None or _mismatch(emb.weight, cells, head.weight, head.bias):
             return None
         return cls(emb.weight.detach(), cells, head.weight.detach(), head.bias, int8)
 
@@ -131,7 +154,9 @@ class NativeLSTM:
         return tuple(s.detach().float().contiguous().clone() for s in state)
 
     def _check(self, tokens: Tensor, state: tuple[Tensor, Tensor]) -> Tensor:
-        """The kernels trust their pointers: every shape, dtype and layout is checked here."""
+        """The kernels trust their pointers: every shape, dtype, device and layout is checked here."""
+        if tokens.device.type != "cpu":
+            raise ValueError("tokens must be on the CPU")
         tokens = tokens.to(torch.int64).contiguous()
         shape = (self.layers, tokens.shape[0], self.hidden)
         if tokens.dim() != 1 or any(s.shape != shape or s.dtype != torch.float32 or s.device.type != "cpu"
@@ -163,8 +188,11 @@ class NativeLSTM:
         tokens = self._check(tokens, state)
         h, c = state
         n, B = uniform.shape
-        if B != tokens.shape[0]:
-            raise ValueError(f"uniform has {B} columns for {tokens.shape[0]} rows")
+        if B != tokens.shape[0] or uniform.device.type != "cpu":
+            raise ValueError(f"uniform must be (n, {tokens.shape[0]}) on the CPU (got {tuple(uniform.shape)} on "
+                             f"{uniform.device.type})")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (got {temperature})")
         uniform = uniform.float().contiguous()
         out = torch.empty(n, B, dtype=torch.int64)
         logits = torch.empty(B, self.vocab)

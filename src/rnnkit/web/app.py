@@ -163,7 +163,8 @@ _workers: set[asyncio.Future] = set()
 
 
 async def _stream(service: Service, job: Generation, limiter: CapacityLimiter):
-    """NDJSON lines as the worker thread samples: each character crosses to the event loop the moment it exists."""
+    """NDJSON lines as the worker thread samples: each character crosses to the event loop as soon as
+    ``generate`` hands it over (at once on torch's path; in runs of up to ``NATIVE_CHUNK`` from the kernels)."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
