@@ -124,30 +124,24 @@ class NativeLSTM:
     @classmethod
     def for_model(cls, model: nn.Module, int8: bool = False) -> NativeLSTM | None:
         """For a CPU fp32 model with ``embedding``, an LSTM ``rnn`` (unidirectional, torch-equivalent cells) and
-        ``head``; None where the model is not one, or the kernels are unavailable. Built once per model and
-        reused while its weights are unchanged (so a server's requests skip the copy and the quantisation)."""
-        fingerprint = _fingerprint(model)
-        seen, cached = _built.get(model, {}).get(int8, (None, None))
-        if cached is not None and seen == fingerprint:
-            return cached
-        kernels = cls._build(model, int8)
-        if kernels is not None:
-            _built.setdefault(model, {})[int8] = (fingerprint, kernels)
-        return kernels
-
-    @classmethod
-    def _build(cls, model: nn.Module, int8: bool) -> NativeLSTM | None:
+        ``head``; None where the model is not one, or the kernels are unavailable. The answer is kept per model
+        while its weights are unchanged (so a server's requests skip the copy and the quantisation)."""
         rnn, head, emb = getattr(model, "rnn", None), getattr(model, "head", None), getattr(model, "embedding", None)
         if rnn is None or not hasattr(rnn, "torch_cells") or not isinstance(head, nn.Linear) or emb is None:
             return None
         p = next(model.parameters())
         if p.device.type != "cpu" or p.dtype != torch.float32 or library() is None:
             return None
+        fingerprint = _fingerprint(model)
+        known = _built.get(model, {})
+        if int8 in known and known[int8][0] == fingerprint:
+            return known[int8][1]
         with torch.random.fork_rng(devices=[]):  # building nn.LSTMCells draws from the global RNG
             cells = rnn.torch_cells()
-        if cells is None or _mismatch(emb.weight, cells, head.weight, head.bias):
-            return None
-        return cls(emb.weight.detach(), cells, head.weight.detach(), head.bias, int8)
+        ok = cells is not None and not _mismatch(emb.weight, cells, head.weight, head.bias)
+        kernels = cls(emb.weight.detach(), cells, head.weight.detach(), head.bias, int8) if ok else None
+        _built.setdefault(model, {})[int8] = (fingerprint, kernels)
+        return kernels
 
     def state(self, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """The model's LSTM state ``(h, c)``, each (L, B, H), as the fp32 contiguous copies the kernel updates."""
