@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import require_data, require_tool
 from PIL import Image
 from test_classify_cli import assert_user_error
@@ -124,6 +125,44 @@ def test_resume_continues_and_refuses_a_changed_model(run_dir, capsys, tmp_path)
     code, out, err = run(capsys, "recognize", "train", "--resume", copy, "--max-steps", "30", "--quiet")
     assert_user_error(code, err, "changed since the run started")
     assert {n: (copy / n).read_bytes() for n in before} == before
+
+
+def test_init_from_starts_from_the_other_runs_best_weights(run_dir, hw_dataset, capsys, tmp_path):
+    out = tmp_path / "ft"
+    code, _, err = run(capsys, "recognize", "train", "--data", hw_dataset, "--init-from", run_dir, "--out", out,
+                       "--max-steps", "1", "--lr", "1e-9", "--weight-decay", "0", "--quiet", "--device", "cpu")
+    assert code == 0, err
+    source, source_config = load_weights(run_dir, kind="ctc_recognizer")
+    tuned, config = load_weights(out, "last", kind="ctc_recognizer")
+    assert config["model"] == source_config["model"] and config["init_from"] == str(run_dir.resolve())
+    after = tuned.state_dict()
+    for name, a in source.state_dict().items():  # batch norm's running statistics move in any training step
+        if "running_" not in name and "num_batches" not in name:
+            assert torch.allclose(a.float(), after[name].float(), atol=1e-6), name  # lr 1e-9: weights as they were
+    scratch = tmp_path / "scratch"
+    assert run(capsys, "recognize", "train", "--data", hw_dataset, "--out", scratch, "--max-steps", "1",
+               *SMALL)[0] == 0
+    assert not torch.allclose(source.head.weight, load_weights(scratch, kind="ctc_recognizer")[0].head.weight)
+
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    config = json.loads((other / CONFIG).read_text())
+    config["data"]["info"]["alphabet"] += "#"
+    (other / CONFIG).write_text(json.dumps(config))
+    cases = [
+        (["--init-from", run_dir, "--hidden-size", "64"], "cannot be given with --init-from"),
+        (["--init-from", other], "another alphabet"),
+        (["--init-from", tmp_path / "nothing"], "is not a run directory"),
+    ]
+    for flags, fragment in cases:
+        code, _, err = run(capsys, "recognize", "train", "--data", hw_dataset, *flags, "--out", tmp_path / "x",
+                           "--max-steps", "1", "--quiet")
+        assert_user_error(code, err, fragment)
+        assert not (tmp_path / "x" / MODEL).exists()
+    before = (out / TRAINER_STATE).read_bytes()
+    code, _, err = run(capsys, "recognize", "train", "--resume", out, "--init-from", run_dir)
+    assert_user_error(code, err, "--init-from cannot be given when resuming")
+    assert (out / TRAINER_STATE).read_bytes() == before
 
 
 def test_user_errors(run_dir, hw_dataset, capsys, tmp_path):

@@ -31,6 +31,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                      "checkpoint by character error rate.")
     p.add_argument("--data", type=Path, metavar="DIR", help="a dataset directory (rnnkit data handwriting|speech)")
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N training lines (quick runs)")
+    p.add_argument("--init-from", type=Path, metavar="RUN_DIR",
+                   help="start from the best weights of another recogniser run (its model, input scaling and "
+                        "alphabet; the data may differ) with a fresh optimizer and schedule: fine-tuning, or "
+                        "continuing a run whose optimizer state is gone")
     add_run_args(p, "recognize-")
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, CTCRecognizerConfig, "model"),
                    train_flags=add_dataclass_args(p, RecognitionTrainConfig, "training"))
@@ -79,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit must be positive (got {args.limit}) — e.g. --limit 1000")
     if args.resume:
-        run_dir, config = resumed_config(args, KIND, DATA_FLAGS, model_flags)
+        run_dir, config = resumed_config(args, KIND, (*DATA_FLAGS, "init_from"), model_flags)
         data = load_recognition(config["data"]["root"], limit=config["data"]["limit"], progress=not args.quiet)
         saved = config["data"]["info"]
         if any(data.info.get(k) != saved.get(k) for k in ("text_sha256", "spec", "alphabet")):
@@ -95,6 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not (train_config.epochs or train_config.max_steps or train_config.minutes):
             train_config.epochs = 20.0
         CTCRecognizerConfig(input_size=32, num_classes=2, **model_flags)  # a bad flag fails before the data loads
+        init = _init_from(args.init_from, args.data, model_flags) if args.init_from else None
         t0 = time.perf_counter()
         data = load_recognition(args.data, limit=args.limit, progress=not args.quiet)
         train = data.splits["train"]
@@ -102,13 +107,17 @@ def cmd_train(args: argparse.Namespace) -> int:
              f"{train.feature_size} features per frame, {len(data.alphabet.chars)} characters "
              f"({time.perf_counter() - t0:.0f} s)")
         torch.manual_seed(train_config.seed)
-        model = CTCRecognizer(CTCRecognizerConfig(input_size=train.feature_size,
-                                                  num_classes=data.alphabet.num_classes, **model_flags))
-        model.set_scaling(*scaling_of(train.frames))
+        if init is not None:
+            model = init
+        else:
+            model = CTCRecognizer(CTCRecognizerConfig(input_size=train.feature_size,
+                                                      num_classes=data.alphabet.num_classes, **model_flags))
+            model.set_scaling(*scaling_of(train.frames))
         config = {
             "format_version": FORMAT_VERSION, "kind": KIND, "rnnkit_version": __version__,
             "model": model.config.to_dict(),
             "data": {"root": str(Path(args.data).resolve()), "limit": args.limit, "info": data.info},
+            "init_from": str(Path(args.init_from).resolve()) if args.init_from else None,
         }
     trainer = RecognitionTrainer(model, data.splits["train"], data.splits["val"], data.alphabet, train_config,
                                  run_dir, show_progress=not args.quiet)
@@ -124,6 +133,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; validation CER "
          f"{summary['val_cer']:.2%} (best {trainer.best_key[0]:.2%}); score it with: rnnkit recognize eval {run_dir}")
     return 0
+
+
+def _init_from(run_dir: Path, data_root: Path, model_flags: dict):
+    """The best weights of the recogniser run in ``run_dir``, in training mode, checked (before any frames load)
+    against the dataset in ``data_root``: the same kind, characters and features, and no model flag that would
+    change the architecture."""
+    from rnnkit.checkpoint import load_weights
+    from rnnkit.data.recognition import read_info
+
+    model, config = load_weights(run_dir, "best", "cpu", kind=KIND)
+    changed = [f"--{k.replace('_', '-')}" for k, v in model_flags.items() if config["model"].get(k) != v]
+    if changed:
+        raise ConfigError(f"{changed[0]} cannot be given with --init-from: the model is the one in {run_dir} — "
+                          "drop it, or train from scratch")
+    info, trained_on = read_info(data_root), config["data"]["info"]
+    for key, what in (("kind", "kind of data"), ("alphabet", "alphabet"), ("features", "frame features")):
+        if info.get(key) != trained_on.get(key):
+            raise ConfigError(f"{run_dir} was trained on another {what} than {data_root} — --init-from needs a "
+                              "run trained on the same kind of dataset")
+    return model.train()
 
 
 # -- shared --------------------------------------------------------------------------------------------------
