@@ -77,6 +77,37 @@ def test_padding_never_changes_a_prediction(pooling, bidirectional, tokens, path
     torch.testing.assert_close(member(x2, None, lengths)[0], batch, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("path", ["fused", "explicit"])
+@pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "features"])
+def test_padding_never_changes_a_prediction_through_the_conv_front_end(tokens, path):
+    model = make(tokens, "mean", True, path, conv_layers=2, conv_channels=4, conv_kernel=3)
+    seqs = sequences(tokens)  # lengths 3, 7, 1, 5: the kernel reads past both ends of the length-1 sequence
+    member = model.members[0]
+    for extra in (2, 5):
+        x, lengths = padded(seqs, tokens, extra=extra)
+        batch = member(x, None, lengths)[0]
+        assert torch.isfinite(batch).all()
+        for i, s in enumerate(seqs):
+            torch.testing.assert_close(batch[i], member(s[None], None, None)[0][0], rtol=0, atol=1e-12)
+
+
+def test_conv_front_end_matches_a_step_by_step_numpy_reference():
+    model = make(False, conv_layers=2, conv_channels=4, conv_kernel=5)
+    front = model.members[0].encoder.frontend
+    x = sequences(False, [6])[0]  # (T, 3)
+    out = front(x[None], None)[0].detach().numpy()
+    h = x.numpy()
+    for conv, norm in zip(front.convs, front.norms, strict=True):
+        w, b = conv.weight.detach().numpy(), conv.bias.detach().numpy()  # (out, in, K), (out,)
+        K = w.shape[2]
+        padded_h = np.concatenate([np.zeros((K // 2, h.shape[1])), h, np.zeros((K // 2, h.shape[1]))])
+        z = np.stack([b + sum(w[:, :, k] @ padded_h[t + k] for k in range(K)) for t in range(len(h))])
+        z = (z - z.mean(1, keepdims=True)) / np.sqrt(z.var(1, keepdims=True) + norm.eps)
+        h = np.maximum(z * norm.weight.detach().numpy() + norm.bias.detach().numpy(), 0.0)
+    np.testing.assert_allclose(out, h, atol=1e-10)
+    assert model.members[0].encoder.rnn.input_size == 4  # the recurrent layer reads the channels
+
+
 @pytest.mark.parametrize("bidirectional", [True, False], ids=["bi", "uni"])
 @pytest.mark.parametrize("pooling", ["last", "mean"])
 def test_last_and_mean_pooling_match_torch_lstm(pooling, bidirectional):
@@ -196,6 +227,9 @@ def test_token_dropout_replaces_tokens_with_unk_in_training_only():
     (dict(token_dropout=1.0), "token_dropout"),
     (dict(token_dropout=-0.1), "token_dropout"),
     (dict(path="cuda"), "unknown path"),
+    (dict(conv_layers=1, conv_kernel=4), "conv_kernel odd"),
+    (dict(conv_layers=-1), "conv_layers must be >= 0"),
+    (dict(conv_layers=1, conv_channels=0), "conv_channels >= 1"),
 ])
 def test_config_errors(kw, fragment):
     cfg = dict(vocab_size=10, num_classes=3, hidden_size=4)

@@ -51,7 +51,8 @@ def text_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def series_run(tmp_path_factory):
     pytest.importorskip("aeon", reason="japanese_vowels ships with the classical extra (aeon)")
-    return train(tmp_path_factory.mktemp("series") / "run", "japanese_vowels", "--hidden-size", "8", steps=10)
+    return train(tmp_path_factory.mktemp("series") / "run", "japanese_vowels", "--hidden-size", "8",
+                 "--conv-layers", "1", "--conv-channels", "8", steps=10)  # through the convolutional front end
 
 
 def test_text_train_writes_a_run(text_run):

@@ -55,7 +55,8 @@ class EncoderConfig:
 
 
 class Encoder(nn.Module):
-    """Token embedding (or standardised features) -> dropout -> recurrent layer; ``(y (B, T, D*H), state)``.
+    """Token embedding (or standardised features) -> dropout -> front end, if any -> recurrent layer;
+    ``(y (B, T, D*H), state)``.
 
     Feature inputs are standardised inside the model, ``(x - input_mean) / input_std``, with statistics fitted on
     the training data (``set_scaling``) and saved with the weights, so a checkpoint takes raw features. While
@@ -63,7 +64,7 @@ class Encoder(nn.Module):
     any one character or word, and a name or sentence seen in training is not simply recalled.
     """
 
-    def __init__(self, config: EncoderConfig) -> None:
+    def __init__(self, config: EncoderConfig, frontend: ConvFrontEnd | None = None) -> None:
         super().__init__()
         if (config.vocab_size > 0) == (config.input_size > 0):
             raise ConfigError("give exactly one of vocab_size (token inputs) and input_size (feature inputs)")
@@ -72,6 +73,9 @@ class Encoder(nn.Module):
         size = config.embedding_size if config.vocab_size else config.input_size
         self.input_noise, self.token_dropout = config.input_noise, config.token_dropout
         self.drop = nn.Dropout(config.dropout)
+        self.frontend = frontend
+        if frontend is not None:
+            size = frontend.output_size
         self.rnn = Recurrent(config.cell, size, config.hidden_size, config.num_layers,
                              bidirectional=config.bidirectional, dropout=config.dropout, path=config.path)
         self.output_size = config.hidden_size * (2 if config.bidirectional else 1)
@@ -100,7 +104,10 @@ class Encoder(nn.Module):
             inputs = (x - self.input_mean) / self.input_std  # (B, T, C)
             if self.training and self.input_noise:
                 inputs = inputs + self.input_noise * torch.randn_like(inputs)
-        return self.rnn(self.drop(inputs), state, lengths)  # (B, T, D*H)
+        inputs = self.drop(inputs)
+        if self.frontend is not None:
+            inputs = self.frontend(inputs, lengths)  # (B, T, channels)
+        return self.rnn(inputs, state, lengths)  # (B, T, D*H)
 
 
 def valid_mask(lengths: Tensor | None, B: int, T: int, device: torch.device) -> Tensor:
@@ -108,6 +115,29 @@ def valid_mask(lengths: Tensor | None, B: int, T: int, device: torch.device) -> 
     if lengths is None:
         return torch.ones(B, T, dtype=torch.bool, device=device)
     return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+class ConvFrontEnd(nn.Module):
+    """1-D convolutions over time before the recurrent layer (as in LSTM-FCN): each block is a "same"-padded
+    convolution, layer normalisation over the channels of each step, and ReLU.
+
+    ``(x (B, T, S), lengths) -> (B, T, channels)``. Steps past a sequence's length are zeroed before every
+    convolution, so a valid step near the end reads the zeros that the convolution's own padding would give: padding
+    a batch never changes a valid step's output. (Layer norm acts per step, so no statistic mixes padding in.)
+    """
+
+    def __init__(self, size: int, channels: int, kernel: int, layers: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv1d(size if i == 0 else channels, channels, kernel, padding=kernel // 2)
+                                   for i in range(layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(layers))
+        self.output_size = channels
+
+    def forward(self, x: Tensor, lengths: Tensor | None) -> Tensor:
+        pad = ~valid_mask(lengths, x.shape[0], x.shape[1], x.device).unsqueeze(-1)  # (B, T, 1)
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = F.relu(norm(conv(x.masked_fill(pad, 0.0).transpose(1, 2)).transpose(1, 2)))  # (B, T, channels)
+        return x.masked_fill(pad, 0.0)
 
 
 class Pooling(nn.Module):
@@ -154,9 +184,16 @@ class SequenceClassifierConfig(EncoderConfig):
     members: int = field(default=1, metadata={
         "help": "independently initialised classifiers trained side by side; predictions average their "
                 "probabilities"})
+    conv_layers: int = field(default=0, metadata={
+        "help": "1-D convolution blocks over time before the recurrent layer (0: none)"})
+    conv_channels: int = field(default=64, metadata={"help": "channels of each convolution block"})
+    conv_kernel: int = field(default=5, metadata={"help": "steps each convolution reads (odd)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.conv_layers < 0 or self.conv_channels < 1 or self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ConfigError(f"conv_layers must be >= 0, conv_channels >= 1 and conv_kernel odd (got "
+                              f"{self.conv_layers}, {self.conv_channels}, {self.conv_kernel}) — e.g. 2, 64, 5")
         if self.pooling not in POOLING:
             raise ConfigError(f"unknown pooling {self.pooling!r} — use one of {', '.join(POOLING)}")
         if self.members < 1:
@@ -164,11 +201,15 @@ class SequenceClassifierConfig(EncoderConfig):
 
 
 class Member(nn.Module):
-    """One classifier: encoder -> pooling over valid steps -> dropout -> linear head; ``(logits (B, K), state)``."""
+    """One classifier: encoder (with its convolutional front end, if any) -> pooling over valid steps -> dropout ->
+    linear head; ``(logits (B, K), state)``."""
 
     def __init__(self, config: SequenceClassifierConfig) -> None:
         super().__init__()
-        self.encoder = Encoder(config)
+        size = config.embedding_size if config.vocab_size else config.input_size
+        frontend = ConvFrontEnd(size, config.conv_channels, config.conv_kernel, config.conv_layers) \
+            if config.conv_layers else None
+        self.encoder = Encoder(config, frontend)
         self.pool = Pooling(config.pooling, self.encoder.output_size, config.bidirectional)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(self.encoder.output_size, config.num_classes)
