@@ -1,5 +1,5 @@
 """Cells with no fused kernel: the layer-normalised LSTM, zoneout and recurrent dropout — each against a
-hand-written reference, and run by the layer on its explicit path."""
+hand-written reference, and run by the layer on its explicit path; and weight drop, which runs on either path."""
 
 import pytest
 import torch
@@ -122,6 +122,47 @@ def test_recurrent_dropout_drops_the_candidate_only(cls):
         want = (1 - zz) * F.dropout(torch.tanh(xn + r * hn), p, True) + zz * state
     for a, b in zip(as_tuple(got), as_tuple(want), strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("path", ["fused", "explicit"])
+def test_weight_drop_is_one_dropconnect_mask_on_the_recurrent_weights_per_call(cell, path):
+    torch.manual_seed(0)
+    p = 0.4
+    rnn = Recurrent(cell, C, H, num_layers=2, path=path, weight_drop=p).double()
+    assert rnn.uses_fused == (path == "fused")
+    x = torch.randn(B, 7, C, dtype=torch.float64)
+    reference = getattr(torch.nn, cell.upper())(C, H, num_layers=2, batch_first=True).double()
+    reference.load_state_dict(rnn.torch_state_dict())
+    torch.manual_seed(1)
+    y, state = rnn(x)
+    torch.manual_seed(1)  # the same draws, in the same order: one mask per layer's W_hh for the whole window
+    masks = [F.dropout(torch.ones_like(c.weight_hh), p) for c in rnn.cells]
+    with torch.no_grad():
+        for layer, mask in enumerate(masks):
+            getattr(reference, f"weight_hh_l{layer}").mul_(mask)
+    want_y, want_state = reference(x)
+    torch.testing.assert_close(y, want_y)
+    for a, b in zip(state if isinstance(state, tuple) else (state,),
+                    want_state if isinstance(want_state, tuple) else (want_state,), strict=True):
+        torch.testing.assert_close(a, b)
+    y.sum().backward()  # a dropped weight gets no gradient; the parameters themselves are untouched
+    for c, mask in zip(rnn.cells, masks, strict=True):
+        assert (c.weight_hh.grad[mask == 0] == 0).all() and (c.weight_hh.grad[mask > 0] != 0).any()
+    assert all((m == 0).float().mean().item() > 0.2 for m in masks)
+    rnn.eval()  # evaluation reads the whole weights
+    reference.load_state_dict(rnn.torch_state_dict())
+    torch.testing.assert_close(rnn(x)[0], reference(x)[0])
+
+
+def test_language_model_weight_drop_config():
+    model = LanguageModel(LanguageModelConfig(vocab_size=9, hidden_size=8, embedding_size=4, weight_drop=0.3))
+    assert model.rnn.weight_drop == 0.3 and model.rnn.uses_fused
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match="--weight-drop"):
+            LanguageModelConfig(vocab_size=9, weight_drop=bad)
+    with pytest.raises(ConfigError, match="weight_drop"):
+        Recurrent("lstm", C, H, weight_drop=1.0)
 
 
 def test_regulariser_errors():

@@ -35,11 +35,16 @@ class LanguageModelConfig:
     zoneout: float = field(default=0.0, metadata={"help": "zoneout probability per unit and step (explicit path)"})
     recurrent_dropout: float = field(
         default=0.0, metadata={"help": "dropout on each step's candidate, lstm/gru (explicit path)"})
+    weight_drop: float = field(default=0.0, metadata={
+        "help": "DropConnect on the recurrent weights, one mask per training window (AWD-LSTM; either path)"})
 
     def __post_init__(self) -> None:
         check_recurrent_config(self)
         if self.vocab_size < 0:
             raise ConfigError(f"vocab_size must be >= 0 (0: set from the vocabulary) (got {self.vocab_size})")
+        if not 0.0 <= self.weight_drop < 1.0:
+            raise ConfigError(f"weight_drop must be in [0, 1) (got {self.weight_drop}) — pass --weight-drop between "
+                              "0 and 1, e.g. 0.2")
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise ConfigError(
                 f"tie_weights needs embedding_size == hidden_size (got {self.embedding_size} and "
@@ -66,7 +71,7 @@ class LanguageModel(nn.Module):
         self.rnn = Recurrent(
             config.cell, config.embedding_size, config.hidden_size, config.num_layers,
             dropout=config.dropout, path=config.path, zoneout=config.zoneout,
-            recurrent_dropout=config.recurrent_dropout,
+            recurrent_dropout=config.recurrent_dropout, weight_drop=config.weight_drop,
         )
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, config.vocab_size)

@@ -71,12 +71,16 @@ class Recurrent(nn.Module):
         path: str = "auto",
         zoneout: float = 0.0,
         recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if num_layers <= 0:
             raise ConfigError(f"num_layers must be positive (got {num_layers})")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1) (got {dropout})")
+        if not 0.0 <= weight_drop < 1.0:
+            raise ConfigError(f"weight_drop must be in [0, 1) (got {weight_drop})")
+        self.weight_drop, self._dropping = weight_drop, False
         if path not in PATHS:
             raise ConfigError(f"unknown path {path!r} — use one of {', '.join(PATHS)}")
         if isinstance(cell, str):
@@ -218,9 +222,22 @@ class Recurrent(nn.Module):
                 lengths = None  # nothing is padded
         if state is None:
             state = self.init_state(B, x.device, x.dtype)
+        if self.weight_drop and self.training and not self._dropping:
+            return self._forward_weight_dropped(x, state, lengths)
         if self._fused is not None:
             return self._forward_fused(x, state, lengths)
         return self._forward_explicit(x, state, lengths)
+
+    def _forward_weight_dropped(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
+        """DropConnect on the recurrent weights (the weight drop of AWD-LSTM, Merity et al. 2018): one mask per
+        call, shared by every step and every sequence of the batch, so either path runs as it would without it."""
+        dropped = {f"cells.{k}.weight_hh": nn.functional.dropout(cell.weight_hh, self.weight_drop)
+                   for k, cell in enumerate(self.cells)}
+        self._dropping = True
+        try:
+            return functional_call(self, dropped, (x, state, lengths), strict=False)
+        finally:
+            self._dropping = False
 
     def _forward_fused(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         template = self._fused
