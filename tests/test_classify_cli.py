@@ -52,7 +52,8 @@ def text_run(tmp_path_factory):
 def series_run(tmp_path_factory):
     pytest.importorskip("aeon", reason="japanese_vowels ships with the classical extra (aeon)")
     return train(tmp_path_factory.mktemp("series") / "run", "japanese_vowels", "--hidden-size", "8",
-                 "--conv-layers", "1", "--conv-channels", "8", steps=10)  # through the convolutional front end
+                 "--conv-layers", "1", "--conv-channels", "8", "--time-warp", "0.2",
+                 steps=10)  # through the convolutional front end, time-warped
 
 
 def test_text_train_writes_a_run(text_run):
@@ -191,6 +192,7 @@ def test_series_train_eval_predict(series_run, capsys, tmp_path):
     rows = [json.loads(ln) for ln in out.splitlines()]
     assert [r["input"] for r in rows] == [f"{ts}#{i}" for i in range(3)]
     model, config = load_weights(series_run, kind="classifier")
+    assert config["model"]["time_warp"] == 0.2 and not model.training  # the warp is kept, and idle in eval
     logits = predict(model, Examples(test_x[:3], np.zeros(3, np.int64)), torch.device("cpu"))
     assert [r["predictions"][0]["label"] for r in rows] == [config["classes"][i] for i in logits.argmax(-1)]
     narrow = write_ts(tmp_path / "narrow.ts", [x[:, :2] for x in test_x[:2]])

@@ -188,6 +188,8 @@ class SequenceClassifierConfig(EncoderConfig):
         "help": "1-D convolution blocks over time before the recurrent layer (0: none)"})
     conv_channels: int = field(default=64, metadata={"help": "channels of each convolution block"})
     conv_kernel: int = field(default=5, metadata={"help": "steps each convolution reads (odd)"})
+    time_warp: float = field(default=0.0, metadata={
+        "help": "while training, resample each series to between 1-W and 1+W times its length (feature inputs)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -198,11 +200,38 @@ class SequenceClassifierConfig(EncoderConfig):
             raise ConfigError(f"unknown pooling {self.pooling!r} — use one of {', '.join(POOLING)}")
         if self.members < 1:
             raise ConfigError(f"members must be >= 1 (got {self.members}) — 1 trains a single classifier")
+        if not 0 <= self.time_warp < 1:
+            raise ConfigError(f"time_warp must be in [0, 1) (got {self.time_warp}) — 0.2 stretches or squeezes "
+                              "each training series by up to 20%, 0 not at all")
+        if self.time_warp and self.vocab_size:
+            raise ConfigError("time_warp resamples numeric series — it does not apply to token inputs (text)")
+
+
+def warp_time(x: Tensor, lengths: Tensor | None, amount: float) -> tuple[Tensor, Tensor]:
+    """Each series of ``x (B, T, C)`` resampled by linear interpolation to ``round(L * f)`` steps, ``f`` drawn
+    uniformly from ``[1 - amount, 1 + amount]`` per series (its first and last steps kept): the same utterance
+    spoken faster or slower. ``-> (x' (B, T', C) zero-padded, new lengths (B,))`` on the devices of the inputs."""
+    B, T, C = x.shape
+    n = (lengths if lengths is not None else torch.full((B,), T)).to(x.device)  # (B,)
+    factor = 1.0 + amount * (2.0 * torch.rand(B, device=x.device) - 1.0)
+    new = (n.double() * factor.double()).round().long().clamp(min=1)  # (B,)
+    width = int(new.max())
+    step = (n - 1).double() / (new - 1).clamp(min=1).double()  # source steps per new step
+    pos = (torch.arange(width, device=x.device, dtype=torch.float64)[None, :] * step[:, None])  # (B, T')
+    pos = torch.minimum(pos, (n - 1).double()[:, None])
+    lo = pos.floor().long()
+    hi = torch.minimum(lo + 1, (n - 1)[:, None])
+    frac = (pos - lo.double()).to(x.dtype).unsqueeze(-1)  # (B, T', 1)
+    below, above = (x.gather(1, i.unsqueeze(-1).expand(B, width, C)) for i in (lo, hi))  # (B, T', C)
+    out = below * (1 - frac) + above * frac
+    out = out.masked_fill(~valid_mask(new, B, width, x.device).unsqueeze(-1), 0.0)
+    return out, new.to(lengths.device if lengths is not None else "cpu")
 
 
 class Member(nn.Module):
     """One classifier: encoder (with its convolutional front end, if any) -> pooling over valid steps -> dropout ->
-    linear head; ``(logits (B, K), state)``."""
+    linear head; ``(logits (B, K), state)``. With ``time_warp``, each training batch is first resampled in time
+    (``warp_time``), a fresh draw for every member."""
 
     def __init__(self, config: SequenceClassifierConfig) -> None:
         super().__init__()
@@ -213,8 +242,11 @@ class Member(nn.Module):
         self.pool = Pooling(config.pooling, self.encoder.output_size, config.bidirectional)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(self.encoder.output_size, config.num_classes)
+        self.time_warp = config.time_warp
 
     def forward(self, x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
+        if self.training and self.time_warp:
+            x, lengths = warp_time(x, lengths, self.time_warp)
         y, state = self.encoder(x, state, lengths)  # (B, T, D*H)
         pooled, _ = self.pool(y, lengths)  # (B, D*H)
         return self.head(self.drop(pooled)), state  # (B, K)
