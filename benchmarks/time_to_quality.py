@@ -1,6 +1,6 @@
 """Time to quality: Tiny Shakespeare validation loss against wall time, for `rnnkit train` configurations.
 
-    python benchmarks/time_to_quality.py --minutes 10 [--config "NAME=FLAGS" ...]
+    python benchmarks/time_to_quality.py --minutes 10 [--config "NAME=FLAGS" ...] [--tag TAG]
 
 Each configuration is one `rnnkit train` run on the whole machine (run them one after another, never in
 parallel); its metrics.csv gives validation loss against elapsed time. Default: the default settings only.
@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"))
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--config", action="append", default=[], help='NAME=FLAGS, e.g. "fp32=--precision fp32"')
+    parser.add_argument("--tag", help="write results/time_to_quality-TAG.json, keeping the untagged file")
     args = parser.parse_args()
     configs = dict(c.split("=", 1) for c in args.config) or {"defaults": ""}
     rows, curves = [], {}
@@ -47,7 +48,8 @@ def main() -> None:
         rows.append(row)
     print(f"Tiny Shakespeare validation loss (nats/char) after {args.minutes:g} minutes; seconds to reach each level")
     print(table(rows, ["config", "final val", "best val", *[f"t<={th}" for th in THRESHOLDS]]))
-    print("wrote", save("time_to_quality", {"minutes": args.minutes, "rows": rows, "curves": curves}))
+    name = "time_to_quality" + (f"-{args.tag}" if args.tag else "")
+    print("wrote", save(name, {"minutes": args.minutes, "rows": rows, "curves": curves}))
 
 
 if __name__ == "__main__":

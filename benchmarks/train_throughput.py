@@ -73,7 +73,7 @@ def raw_loop(ids, V, B, T, precision, steps, device="cpu"):
 
 def rnnkit_loop(ids, V, B, T, precision, steps, run_dir, device="cpu"):
     torch.manual_seed(0)
-    model = LanguageModel(LanguageModelConfig(vocab_size=V))
+    model = LanguageModel(LanguageModelConfig(vocab_size=V, weight_drop=0.0))  # the raw loop's model: no DropConnect
     train, val = split_tokens(ids)
     trainer = Trainer(model, train, val, TrainConfig(batch_size=B, seq_len=T, precision=precision, device=device,
                                                      max_steps=10**9), run_dir, show_progress=False)

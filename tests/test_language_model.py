@@ -9,7 +9,7 @@ from rnnkit.models import LanguageModel, LanguageModelConfig, Output
 
 
 def make(cell="lstm", **kw):
-    cfg = dict(vocab_size=11, cell=cell, hidden_size=16, num_layers=2, embedding_size=8)
+    cfg = dict(vocab_size=11, cell=cell, hidden_size=16, num_layers=2, embedding_size=8, weight_drop=0.0)
     cfg.update(kw)
     return LanguageModel(LanguageModelConfig(**cfg))
 

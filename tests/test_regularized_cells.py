@@ -165,6 +165,18 @@ def test_language_model_weight_drop_config():
         Recurrent("lstm", C, H, weight_drop=1.0)
 
 
+def test_a_run_saved_before_weight_drop_existed_is_rebuilt_without_it():
+    from rnnkit.checkpoint import build_model
+
+    config = {"kind": "language_model",
+              "model": LanguageModelConfig(vocab_size=9, hidden_size=8, embedding_size=4).to_dict()}
+    assert build_model(config).rnn.weight_drop == LanguageModelConfig.weight_drop > 0  # a new run: the default
+    del config["model"]["weight_drop"]  # config.json of a run written before the field
+    assert build_model(config).rnn.weight_drop == 0.0  # so a resume trains as that run did
+    config["model"]["weight_drop"] = 0.3
+    assert build_model(config).rnn.weight_drop == 0.3
+
+
 def test_regulariser_errors():
     with pytest.raises(ConfigError, match="recurrent dropout applies to lstm and gru"):
         RNNCell(C, H, recurrent_dropout=0.1)

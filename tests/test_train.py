@@ -20,9 +20,10 @@ def tokens_of(path, n=None):
     return vocab, (ids if n is None else ids[:n])
 
 
-def make_model(vocab_size, cell="lstm", dropout=0.0, hidden=16):
+def make_model(vocab_size, cell="lstm", dropout=0.0, hidden=16, weight_drop=0.0):
+    """Deterministic in training mode unless asked (no dropout, no weight drop), so runs can be compared exactly."""
     return LanguageModel(LanguageModelConfig(vocab_size=vocab_size, cell=cell, hidden_size=hidden, num_layers=2,
-                                             embedding_size=8, dropout=dropout))
+                                             embedding_size=8, dropout=dropout, weight_drop=weight_drop))
 
 
 def make_trainer(model, ids, run_dir, **kw):

@@ -139,7 +139,7 @@ def build_model(config: dict) -> nn.Module:
         raise CheckpointError(f"config.json names an unknown model kind {kind!r} — it needs a newer rnnkit")
     model_cls, config_cls = MODEL_KINDS[kind]
     try:
-        return model_cls(config_cls(**config["model"]))
+        return model_cls(config_cls(**{**getattr(config_cls, "SAVED_WITHOUT", {}), **config["model"]}))
     except (TypeError, KeyError) as e:
         raise CheckpointError(f"config.json has an invalid model section ({e}) — the checkpoint is damaged") from None
 
