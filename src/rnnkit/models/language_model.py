@@ -37,7 +37,7 @@ class LanguageModelConfig:
     recurrent_dropout: float = field(
         default=0.0, metadata={"help": "dropout on each step's candidate, lstm/gru (explicit path)"})
     # 0.2 rather than none: three 10-minute Tiny Shakespeare runs with 0.1-0.2 ended at 1.425-1.426 nats/char
-    # against 1.435 without (BENCHMARKS.md, time to quality)
+    # against 1.433-1.435 without, over two seeds (BENCHMARKS.md, time to quality)
     weight_drop: float = field(default=0.2, metadata={
         "help": "DropConnect on the recurrent weights, one mask per training window (AWD-LSTM; either path); "
                 "0 for none"})
