@@ -151,7 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"best {best:.4f}; checkpoints, metrics.csv and loss.png in {run_dir}")
     if args.sample_length:
         info(f"sample (temperature 0.8, {args.sample_length} characters):")
-        _stream_sample(trainer.model, vocab, "", args.sample_length, 0.8, None, None, train_config.seed)
+        with trainer.averaged_weights():
+            _stream_sample(trainer.model, vocab, "", args.sample_length, 0.8, None, None, train_config.seed)
     return 0
 
 

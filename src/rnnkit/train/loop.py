@@ -13,13 +13,12 @@ through ``self.train_model`` (DDP's wrapper; the model itself in one process) on
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +39,8 @@ from rnnkit.checkpoint import (
 )
 from rnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from rnnkit.metrics import MetricsLog
+from rnnkit.train.averaging import WeightAverage
+from rnnkit.train.device import resolve_device
 from rnnkit.train.distributed import SINGLE, NoMetrics, Ranks
 
 
@@ -61,6 +62,9 @@ class LoopConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     precision: str = field(default="bf16", metadata={
         "help": "fp32, or bf16 (autocast: bfloat16 matrix products, fp32 weights, optimizer and validation)"})
+    ema: float = field(default=0.0, metadata={
+        "help": "keep an exponential moving average of the weights with this decay (e.g. 0.999); validation, "
+                "checkpoints and samples use it; 0 for none"})
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "eval_interval", "log_interval"):
@@ -78,27 +82,11 @@ class LoopConfig:
             raise ConfigError(f"minutes must be positive (got {self.minutes})")
         if self.precision not in ("fp32", "bf16"):
             raise ConfigError(f"unknown precision {self.precision!r} — use fp32 or bf16")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must be in [0, 1) (got {self.ema}) — e.g. 0.999, or 0 for none")
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when there is one GPU for each process torchrun started on this machine, else the CPU;
-    asking for CUDA without one is an error, not a silent fallback."""
-    if name == "auto":
-        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return torch.device("cuda" if gpus >= per_machine else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r} — use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} but no CUDA device is available — use --device cpu or auto")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {name!r} — use auto, cpu, cuda or cuda:N")
-    return device
 
 
 def build_optimizer(model: nn.Module, config: LoopConfig) -> torch.optim.AdamW:
@@ -127,6 +115,7 @@ class LoopTrainer(ABC):
         self.model = model.to(self.device)
         self.train_model = ranks.wrap(self.model)  # what train_step calls: DDP's wrapper in a data-parallel run
         self.optimizer = build_optimizer(self.model, config)
+        self.average = WeightAverage(self.model, config.ema) if config.ema else None
         self.metrics = MetricsLog(self.run_dir, extra=self.extra_metrics) if ranks.is_main else NoMetrics()
         # training position: everything here is saved in trainer_state and restored by resume()
         self.step = self.tokens_seen = 0
@@ -207,8 +196,14 @@ class LoopTrainer(ABC):
         elif not torch.isfinite(norm):
             raise self._diverged(f"the gradient norm became {norm.item()}", self.step + 1)
         self.optimizer.step()
+        if self.average is not None:
+            self.average.update(self.model)
         self.step += 1
         return norm
+
+    def averaged_weights(self) -> AbstractContextManager:
+        """The model with the weights it publishes: the moving average with ``--ema``, its own otherwise."""
+        return self.average.swapped_into(self.model) if self.average is not None else nullcontext()
 
     def check_finite(self) -> None:
         """Read the queued losses and gradient norms (one wait for the GPU); raise for the first that is not finite."""
@@ -335,7 +330,7 @@ class LoopTrainer(ABC):
         t0 = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.averaged_weights():
             figures = self.validate()
         self.model.train(was_training)
         val = figures["val_loss"]
@@ -357,14 +352,19 @@ class LoopTrainer(ABC):
         position, position_tensors = self.position()  # first: in a data-parallel run every rank gathers it
         if not self.ranks.is_main:
             return
-        weights = model_tensors(self.model)
+        with self.averaged_weights():  # what model/best.safetensors publish; trainer_state keeps the live weights
+            weights = model_tensors(self.model)
+            if self.average is not None:
+                weights = {k: v.clone() for k, v in weights.items()}
         meta = {"step": self.step, "val_loss": self.last_val, **{k: v for k, v in self.last_figures.items()
                                                                  if k != "val_loss"}}
         save_tensors(self.run_dir / MODEL, weights, meta)
         if best:
             save_tensors(self.run_dir / BEST, weights, meta)
         optim, param_groups = optimizer_tensors(self.optimizer)
-        tensors = {**{f"model.{k}": v for k, v in weights.items()}, **optim, **position_tensors}
+        tensors = {**{f"model.{k}": v for k, v in model_tensors(self.model).items()}, **optim, **position_tensors}
+        if self.average is not None:
+            tensors.update(self.average.state())
         tensors["rng.torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
@@ -384,6 +384,8 @@ class LoopTrainer(ABC):
         try:
             load_model_tensors(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
             load_optimizer(self.optimizer, tensors, meta["param_groups"])
+            if self.average is not None and not self.average.load_state(tensors):
+                self.average = WeightAverage(self.model, self.config.ema)  # --ema added on resume: starts here
             torch.set_rng_state(tensors["rng.torch"])
             if "rng.cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
