@@ -384,8 +384,8 @@ class LoopTrainer(ABC):
         try:
             load_model_tensors(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
             load_optimizer(self.optimizer, tensors, meta["param_groups"])
-            if self.average is not None and not self.average.load_state(tensors):
-                self.average = WeightAverage(self.model, self.config.ema)  # --ema added on resume: starts here
+            if self.average is not None:  # a run that had none (--ema added on resume) averages from here on
+                self.average.load_state(tensors)
             torch.set_rng_state(tensors["rng.torch"])
             if "rng.cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
