@@ -28,7 +28,6 @@ class WeightAverage:
     """The running average of ``model``'s parameters; buffers are not averaged (the live model's are used)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
         self.updates = 0  # counted here as well: reading AveragedModel's count off a GPU would wait for it
 
         @torch.no_grad()
@@ -66,13 +65,12 @@ class WeightAverage:
         tensors["ema.updates"] = torch.tensor([self.updates])
         return tensors
 
-    def load_state(self, tensors: dict[str, Tensor]) -> bool:
-        """Restore what ``state`` saved; False (the average left as it is) when the tensors hold none."""
+    def load_state(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what ``state`` saved; tensors that hold no average leave it as it is."""
         if "ema.updates" not in tensors:
-            return False
+            return
         with torch.no_grad():
             for name, p in self.parameters().items():
                 p.copy_(tensors[f"ema.{name}"])
             self.averaged.n_averaged.copy_(tensors["ema.updates"].reshape(()))
         self.updates = int(tensors["ema.updates"])
-        return True
