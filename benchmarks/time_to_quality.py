@@ -1,15 +1,18 @@
 """Time to quality: Tiny Shakespeare validation loss against wall time, for `rnnkit train` configurations.
 
-    python benchmarks/time_to_quality.py --minutes 10 [--config "NAME=FLAGS" ...] [--tag TAG]
+    python benchmarks/time_to_quality.py --minutes 10 [--config "NAME=FLAGS" ...] [--tag TAG] [--dynamic]
 
 Each configuration is one `rnnkit train` run on the whole machine (run them one after another, never in
 parallel); its metrics.csv gives validation loss against elapsed time. Default: the default settings only.
+``--dynamic`` also scores each run's final model by dynamic evaluation (`rnnkit eval --dynamic`, ~2 minutes
+each, after the timed run): a different measure, in its own column.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shlex
 import subprocess
 import sys
@@ -27,6 +30,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--config", action="append", default=[], help='NAME=FLAGS, e.g. "fp32=--precision fp32"')
     parser.add_argument("--tag", help="write results/time_to_quality-TAG.json, keeping the untagged file")
+    parser.add_argument("--dynamic", action="store_true", help="also the final model's dynamic-evaluation loss")
     args = parser.parse_args()
     configs = dict(c.split("=", 1) for c in args.config) or {"defaults": ""}
     rows, curves = [], {}
@@ -45,9 +49,14 @@ def main() -> None:
                "best val": min(v for _, v in evals)}
         for th in THRESHOLDS:
             row[f"t<={th}"] = next((round(t) for t, v in evals if v <= th), None)
+        if args.dynamic:
+            scored = subprocess.run([sys.executable, "-m", "rnnkit", "eval", str(out), "--dynamic", "--json"],
+                                    check=True, capture_output=True, text=True)
+            row["dynamic val"] = json.loads(scored.stdout)["dynamic"]["loss"]
         rows.append(row)
     print(f"Tiny Shakespeare validation loss (nats/char) after {args.minutes:g} minutes; seconds to reach each level")
-    print(table(rows, ["config", "final val", "best val", *[f"t<={th}" for th in THRESHOLDS]]))
+    dynamic = ["dynamic val"] if args.dynamic else []
+    print(table(rows, ["config", "final val", "best val", *dynamic, *[f"t<={th}" for th in THRESHOLDS]]))
     name = "time_to_quality" + (f"-{args.tag}" if args.tag else "")
     print("wrote", save(name, {"minutes": args.minutes, "rows": rows, "curves": curves}))
 

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
-from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, MODEL
+from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, MODEL, load_run
 from rnnkit.cli import main
+from rnnkit.data import encode_file, split_tokens
+from rnnkit.train import DynamicConfig, dynamic_evaluate, evaluate
 
 SMALL = ["--hidden-size", "16", "--num-layers", "1", "--embedding-size", "8", "--batch-size", "4",
          "--seq-len", "16", "--eval-interval", "5", "--quiet", "--precision", "fp32"]
@@ -132,6 +134,38 @@ def test_invalid_train_flags(small_corpus, tmp_path, capsys, flags, fragment):
 def test_invalid_sample_flags(trained, capsys, flags, fragment):
     run_dir, _, _ = trained
     code, out, err = run(capsys, "sample", run_dir, *flags)
+    assert_user_error(code, err, fragment)
+    assert out == ""
+
+
+def test_eval_dynamic(trained, capsys, small_corpus):
+    run_dir, _, _ = trained
+    code, out, err = run(capsys, "eval", run_dir, "--dynamic", "--dynamic-window", 20, "--dynamic-lr", 1e-3, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    dynamic = result["dynamic"]
+    assert (dynamic["window"], dynamic["lr"], dynamic["decay"]) == (20, 1e-3, DynamicConfig().decay)
+    model, vocab, _ = load_run(run_dir)
+    ids = encode_file(small_corpus, vocab)
+    train, val = split_tokens(ids)
+    assert dynamic["static_loss"] == pytest.approx(evaluate(model, val, 1, "cpu"), rel=1e-6)  # one stream
+    assert dynamic["loss"] == pytest.approx(
+        dynamic_evaluate(model, val, train, "cpu", DynamicConfig(lr=1e-3, window=20)), rel=1e-6)
+    assert dynamic["bpc"] == pytest.approx(dynamic["loss"] / 0.6931471805599453)
+    assert dynamic["stats_characters"] == len(train) - 1
+    code, out, _ = run(capsys, "eval", run_dir, "--dynamic")
+    assert code == 0 and "dynamic evaluation:" in out.splitlines()[1]
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--dynamic-lr", "1e-3"], "add --dynamic"),
+    (["--dynamic", "--dynamic-lr", "0"], "--dynamic-lr"),
+    (["--dynamic", "--dynamic-decay", "1"], "--dynamic-decay"),
+    (["--dynamic", "--dynamic-window", "0"], "--dynamic-window"),
+])
+def test_invalid_dynamic_flags(trained, capsys, flags, fragment):
+    run_dir, _, _ = trained
+    code, out, err = run(capsys, "eval", run_dir, *flags)
     assert_user_error(code, err, fragment)
     assert out == ""
 

@@ -54,6 +54,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("val", "all"), default="val",
                    help="val: the last 10%% of the corpus (default); all: the whole file")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--dynamic", action="store_true",
+                   help="also score by dynamic evaluation: the model keeps learning from the text as it reads it "
+                        "(Krause et al. 2018), a different measure reported beside the static loss")
+    p.add_argument("--dynamic-lr", type=float, help="its step size (default: 3e-4)")
+    p.add_argument("--dynamic-decay", type=float, help="its pull back toward the trained weights (default: 3e-3)")
+    p.add_argument("--dynamic-window", type=int, help="characters read between updates (default: 50)")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -220,17 +226,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import load_run
     from rnnkit.data import encode_file, resolve_corpus, split_tokens
-    from rnnkit.errors import CorpusError
-    from rnnkit.train import evaluate, resolve_device
+    from rnnkit.errors import ConfigError, CorpusError
+    from rnnkit.train import DynamicConfig, evaluate, resolve_device
 
+    given = {k: getattr(args, "dynamic_" + k) for k in ("lr", "decay", "window")
+             if getattr(args, "dynamic_" + k) is not None}
+    if given and not args.dynamic:
+        raise ConfigError(f"--dynamic-{next(iter(given))} only applies to dynamic evaluation — add --dynamic")
+    dynamic = DynamicConfig(**given) if args.dynamic else None  # bad settings fail before the model loads
     device = resolve_device(args.device)
     model, vocab, config = load_run(args.run_dir, args.weights, device)
-    if args.data is not None:
-        path, _ = resolve_corpus(args.data)
-    else:
-        path = Path(config["data"]["path"])
-        if not path.exists():
-            path, _ = resolve_corpus(config["data"]["source"])
+    path = resolve_corpus(args.data)[0] if args.data is not None else _trained_on(config)
     ids = encode_file(path, vocab)
     tokens = split_tokens(ids)[1] if args.split == "val" else ids
     if len(tokens) < 2:
@@ -238,9 +244,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
     loss = evaluate(model, tokens, config["train"]["eval_streams"], device)
     result = {"val_loss": loss, "bpc": loss / math.log(2), "characters": int(len(tokens)) - 1,
               "data": str(path), "split": args.split, "weights": args.weights}
+    if dynamic is not None:
+        result["dynamic"] = _dynamic(model, tokens, _trained_on(config), vocab, device, dynamic)
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"{loss:.4f} nats/char ({loss / math.log(2):.4f} bits/char) over {result['characters']:,} "
-              f"characters ({'last 10%' if args.split == 'val' else 'all'} of {path}, {args.weights} weights)")
+        return 0
+    print(f"{loss:.4f} nats/char ({loss / math.log(2):.4f} bits/char) over {result['characters']:,} "
+          f"characters ({'last 10%' if args.split == 'val' else 'all'} of {path}, {args.weights} weights)")
+    if dynamic is not None:
+        d = result["dynamic"]
+        print(f"dynamic evaluation: {d['loss']:.4f} nats/char ({d['bpc']:.4f} bits/char), against "
+              f"{d['static_loss']:.4f} static on the same single stream (lr {dynamic.lr:g}, decay {dynamic.decay:g}, "
+              f"window {dynamic.window})")
     return 0
+
+
+def _trained_on(config: dict) -> Path:
+    """The corpus the run trained on: its recorded path, or its source found again ('shakespeare', 'builtin')."""
+    from rnnkit.data import resolve_corpus
+
+    path = Path(config["data"]["path"])
+    return path if path.exists() else resolve_corpus(config["data"]["source"])[0]
+
+
+def _dynamic(model, tokens, trained_on: Path, vocab, device, dynamic) -> dict:
+    """Dynamic evaluation of ``tokens``, beside the static loss of the same single stream; the gradient scale
+    comes from the training part of the corpus the run trained on."""
+    from rnnkit.data import encode_file, split_tokens
+    from rnnkit.train import dynamic_evaluate, evaluate
+
+    train_tokens = split_tokens(encode_file(trained_on, vocab))[0]
+    loss = dynamic_evaluate(model, tokens, train_tokens, device, dynamic, progress=True)
+    return {"loss": loss, "bpc": loss / math.log(2), "static_loss": evaluate(model, tokens, 1, device),
+            "lr": dynamic.lr, "decay": dynamic.decay, "window": dynamic.window,
+            "stats_characters": int(min(len(train_tokens), dynamic.stats_tokens)) - 1}
