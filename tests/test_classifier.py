@@ -70,10 +70,11 @@ def test_padding_never_changes_a_prediction(pooling, bidirectional, tokens, path
     torch.testing.assert_close(member(x2, None, lengths)[0], batch, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("beside", [False, True], ids=["before", "beside"])
 @pytest.mark.parametrize("path", ["fused", "explicit"])
 @pytest.mark.parametrize("tokens", [True, False], ids=["tokens", "features"])
-def test_padding_never_changes_a_prediction_through_the_conv_front_end(tokens, path):
-    model = make(tokens, "mean", True, path, conv_layers=2, conv_channels=4, conv_kernel=3)
+def test_padding_never_changes_a_prediction_through_the_conv_front_end(tokens, path, beside):
+    model = make(tokens, "mean", True, path, conv_layers=2, conv_channels=4, conv_kernel=3, conv_beside=beside)
     seqs = sequences(tokens)  # lengths 3, 7, 1, 5: the kernel reads past both ends of the length-1 sequence
     member = model.members[0]
     for extra in (2, 5):
@@ -99,6 +100,23 @@ def test_conv_front_end_matches_a_step_by_step_numpy_reference():
         h = np.maximum(z * norm.weight.detach().numpy() + norm.bias.detach().numpy(), 0.0)
     np.testing.assert_allclose(out, h, atol=1e-10)
     assert model.members[0].encoder.rnn.input_size == 4  # the recurrent layer reads the channels
+
+
+def test_conv_beside_reads_the_inputs_next_to_the_recurrent_layer():
+    """LSTM-FCN's layout: the blocks and the recurrent layer both read the standardised inputs; pooling and the
+    head see their features side by side."""
+    model = make(False, "attention", conv_layers=2, conv_channels=4, conv_kernel=3, conv_beside=True)
+    encoder = model.members[0].encoder
+    assert encoder.rnn.input_size == 3 and encoder.output_size == 2 * 6 + 4
+    assert model.members[0].head.in_features == 16
+    seqs = sequences(False)
+    x, lengths = padded(seqs, False)
+    y, _ = encoder(x, None, lengths)  # (B, T, 16)
+    inputs = (x - encoder.input_mean) / encoder.input_std
+    recurrent, _ = encoder.rnn(inputs, None, lengths)
+    valid = torch.arange(x.shape[1])[None, :] < lengths[:, None]
+    torch.testing.assert_close(y[..., :12][valid], recurrent[valid], rtol=0, atol=1e-12)
+    torch.testing.assert_close(y[..., 12:], encoder.frontend(inputs, lengths), rtol=0, atol=1e-12)
 
 
 def test_time_warp_resamples_each_series_like_numpy_interp():
@@ -260,6 +278,8 @@ def test_token_dropout_replaces_tokens_with_unk_in_training_only():
     (dict(conv_layers=1, conv_kernel=4), "conv_kernel odd"),
     (dict(conv_layers=-1), "conv_layers must be >= 0"),
     (dict(conv_layers=1, conv_channels=0), "conv_channels >= 1"),
+    (dict(conv_beside=True), "give --conv-layers too"),
+    (dict(conv_beside=True, conv_layers=1, pooling="last"), "use --pooling mean or attention"),
     (dict(time_warp=1.0), "time_warp must be in"),
     (dict(time_warp=-0.1), "time_warp must be in"),
     (dict(time_warp=0.2), "does not apply to token inputs"),

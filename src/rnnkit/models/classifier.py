@@ -64,7 +64,7 @@ class Encoder(nn.Module):
     any one character or word, and a name or sentence seen in training is not simply recalled.
     """
 
-    def __init__(self, config: EncoderConfig, frontend: ConvFrontEnd | None = None) -> None:
+    def __init__(self, config: EncoderConfig, frontend: ConvFrontEnd | None = None, beside: bool = False) -> None:
         super().__init__()
         if (config.vocab_size > 0) == (config.input_size > 0):
             raise ConfigError("give exactly one of vocab_size (token inputs) and input_size (feature inputs)")
@@ -73,12 +73,13 @@ class Encoder(nn.Module):
         size = config.embedding_size if config.vocab_size else config.input_size
         self.input_noise, self.token_dropout = config.input_noise, config.token_dropout
         self.drop = nn.Dropout(config.dropout)
-        self.frontend = frontend
-        if frontend is not None:
+        self.frontend, self.beside = frontend, beside
+        if frontend is not None and not beside:
             size = frontend.output_size
         self.rnn = Recurrent(config.cell, size, config.hidden_size, config.num_layers,
                              bidirectional=config.bidirectional, dropout=config.dropout, path=config.path)
-        self.output_size = config.hidden_size * (2 if config.bidirectional else 1)
+        self.output_size = config.hidden_size * (2 if config.bidirectional else 1) \
+            + (frontend.output_size if beside else 0)
         if config.input_size:
             self.register_buffer("input_mean", torch.zeros(config.input_size))
             self.register_buffer("input_std", torch.ones(config.input_size))
@@ -105,6 +106,9 @@ class Encoder(nn.Module):
             if self.training and self.input_noise:
                 inputs = inputs + self.input_noise * torch.randn_like(inputs)
         inputs = self.drop(inputs)
+        if self.frontend is not None and self.beside:  # both read the inputs; their features side by side
+            y, state = self.rnn(inputs, state, lengths)
+            return torch.cat([y, self.frontend(inputs, lengths)], dim=-1), state  # (B, T, D*H + channels)
         if self.frontend is not None:
             inputs = self.frontend(inputs, lengths)  # (B, T, channels)
         return self.rnn(inputs, state, lengths)  # (B, T, D*H)
@@ -188,6 +192,9 @@ class SequenceClassifierConfig(EncoderConfig):
         "help": "1-D convolution blocks over time before the recurrent layer (0: none)"})
     conv_channels: int = field(default=64, metadata={"help": "channels of each convolution block"})
     conv_kernel: int = field(default=5, metadata={"help": "steps each convolution reads (odd)"})
+    conv_beside: bool = field(default=False, metadata={
+        "help": "run the convolution blocks beside the recurrent layer on the same inputs, not before it "
+                "(LSTM-FCN); pooling reads both (mean or attention pooling)"})
     time_warp: float = field(default=0.0, metadata={
         "help": "while training, resample each series to between 1-W and 1+W times its length (feature inputs)"})
 
@@ -198,6 +205,12 @@ class SequenceClassifierConfig(EncoderConfig):
                               f"{self.conv_layers}, {self.conv_channels}, {self.conv_kernel}) — e.g. 2, 64, 5")
         if self.pooling not in POOLING:
             raise ConfigError(f"unknown pooling {self.pooling!r} — use one of {', '.join(POOLING)}")
+        if self.conv_beside and not self.conv_layers:
+            raise ConfigError("conv_beside places convolution blocks beside the recurrent layer — give "
+                              "--conv-layers too (e.g. 3)")
+        if self.conv_beside and self.pooling == "last":
+            raise ConfigError("last pooling reads the recurrent directions' ends, not convolution features — use "
+                              "--pooling mean or attention with --conv-beside")
         if self.members < 1:
             raise ConfigError(f"members must be >= 1 (got {self.members}) — 1 trains a single classifier")
         if not 0 <= self.time_warp < 1:
@@ -238,7 +251,7 @@ class Member(nn.Module):
         size = config.embedding_size if config.vocab_size else config.input_size
         frontend = ConvFrontEnd(size, config.conv_channels, config.conv_kernel, config.conv_layers) \
             if config.conv_layers else None
-        self.encoder = Encoder(config, frontend)
+        self.encoder = Encoder(config, frontend, beside=config.conv_beside)
         self.pool = Pooling(config.pooling, self.encoder.output_size, config.bidirectional)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(self.encoder.output_size, config.num_classes)
