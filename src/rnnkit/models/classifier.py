@@ -56,7 +56,8 @@ class EncoderConfig:
 
 class Encoder(nn.Module):
     """Token embedding (or standardised features) -> dropout -> front end, if any -> recurrent layer;
-    ``(y (B, T, D*H), state)``.
+    ``(y (B, T, D*H), state)``. With ``beside``, the front end reads the same inputs as the recurrent layer instead
+    of feeding it, and its channels follow the recurrent features: ``y (B, T, D*H + channels)``.
 
     Feature inputs are standardised inside the model, ``(x - input_mean) / input_std``, with statistics fitted on
     the training data (``set_scaling``) and saved with the weights, so a checkpoint takes raw features. While
@@ -189,7 +190,8 @@ class SequenceClassifierConfig(EncoderConfig):
         "help": "independently initialised classifiers trained side by side; predictions average their "
                 "probabilities"})
     conv_layers: int = field(default=0, metadata={
-        "help": "1-D convolution blocks over time before the recurrent layer (0: none)"})
+        "help": "1-D convolution blocks over time before the recurrent layer, or beside it with --conv-beside "
+                "(0: none)"})
     conv_channels: int = field(default=64, metadata={"help": "channels of each convolution block"})
     conv_kernel: int = field(default=5, metadata={"help": "steps each convolution reads (odd)"})
     conv_beside: bool = field(default=False, metadata={
