@@ -236,7 +236,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dynamic = DynamicConfig(**given) if args.dynamic else None  # bad settings fail before the model loads
     device = resolve_device(args.device)
     model, vocab, config = load_run(args.run_dir, args.weights, device)
-    path = resolve_corpus(args.data)[0] if args.data is not None else _trained_on(config)
+    trained_on = _trained_on(config) if args.data is None or dynamic is not None else None
+    path = resolve_corpus(args.data)[0] if args.data is not None else trained_on
     ids = encode_file(path, vocab)
     tokens = split_tokens(ids)[1] if args.split == "val" else ids
     if len(tokens) < 2:
@@ -245,7 +246,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = {"val_loss": loss, "bpc": loss / math.log(2), "characters": int(len(tokens)) - 1,
               "data": str(path), "split": args.split, "weights": args.weights}
     if dynamic is not None:
-        result["dynamic"] = _dynamic(model, tokens, _trained_on(config), vocab, device, dynamic)
+        train_ids = ids if path == trained_on else encode_file(trained_on, vocab)  # read the corpus once
+        result["dynamic"] = _dynamic(model, tokens, split_tokens(train_ids)[0], device, dynamic)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -267,13 +269,11 @@ def _trained_on(config: dict) -> Path:
     return path if path.exists() else resolve_corpus(config["data"]["source"])[0]
 
 
-def _dynamic(model, tokens, trained_on: Path, vocab, device, dynamic) -> dict:
+def _dynamic(model, tokens, train_tokens, device, dynamic) -> dict:
     """Dynamic evaluation of ``tokens``, beside the static loss of the same single stream; the gradient scale
-    comes from the training part of the corpus the run trained on."""
-    from rnnkit.data import encode_file, split_tokens
+    comes from ``train_tokens``, the training part of the corpus the run trained on."""
     from rnnkit.train import dynamic_evaluate, evaluate
 
-    train_tokens = split_tokens(encode_file(trained_on, vocab))[0]
     loss = dynamic_evaluate(model, tokens, train_tokens, device, dynamic, progress=True)
     return {"loss": loss, "bpc": loss / math.log(2), "static_loss": evaluate(model, tokens, 1, device),
             "lr": dynamic.lr, "decay": dynamic.decay, "window": dynamic.window,

@@ -93,7 +93,7 @@ def dynamic_evaluate(model: nn.Module, tokens: np.ndarray, train_tokens: np.ndar
         raise ConfigError("dynamic evaluation needs at least 2 tokens of text and of training text — "
                           "pass a longer corpus")
     stats_tokens = train_tokens[:config.stats_tokens]
-    windows = sum(-(-(len(t) - 1) // config.window) for t in (stats_tokens, tokens))
+    windows = sum(len(Streams(t, 1, config.window)) for t in (stats_tokens, tokens))
     # cuDNN's RNN backward refuses a model in eval mode; PyTorch's own CUDA kernels take it (CPU: no effect)
     with tqdm(total=windows, unit="window", desc="dynamic evaluation", file=sys.stderr, dynamic_ncols=True,
               disable=None if progress else True) as bar, torch.backends.cudnn.flags(enabled=False):
