@@ -168,6 +168,9 @@ def load_run(run_dir: Path, weights: str = "best", device: str | torch.device = 
         vocab = CharVocab.from_dict(config["vocab"])
     except (KeyError, RnnkitError):
         raise CheckpointError(f"{run_dir / CONFIG} holds no valid vocabulary — the checkpoint is damaged") from None
+    if len(vocab) != config["model"].get("vocab_size"):
+        raise CheckpointError(f"{run_dir / CONFIG} holds a vocabulary of {len(vocab)} characters for a model of "
+                              f"{config['model'].get('vocab_size')} — the checkpoint is damaged; restore config.json")
     return model, vocab, config
 
 

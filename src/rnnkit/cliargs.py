@@ -4,14 +4,63 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
+from pathlib import Path
+
+SEED_MAX = 2**32 - 1  # what every generator takes (numpy's, torch's, the web API's)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (`error: ... — see `rnnkit X --help``) and exit status 2."""
+    """argparse, but a usage error is one line (`error: ... — see `rnnkit X --help``) and exit status 2, and every
+    ``type=float`` flag takes finite numbers only (``nan`` and ``inf`` parse as floats, and no setting means them)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("type", float, finite_float)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"error: {message} — see `{self.prog} --help`\n")
+
+
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer in 0..2**32-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{text} is not a seed — use an integer from 0 to {SEED_MAX}")
+    return value
+
+
+def output_file(*suffixes: str):
+    """An argparse type for a file a verb writes: it must end in one of ``suffixes`` (so a slip of the shell's
+    completion cannot write a plot over ``best.safetensors`` or a corpus), and its directory must exist."""
+
+    def check(text: str) -> Path:
+        path = Path(text)
+        if path.suffix.lower() not in suffixes:
+            raise argparse.ArgumentTypeError(f"{text} does not end in {' or '.join(suffixes)} — name a "
+                                             f"{suffixes[0]} file")
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a directory — name a {suffixes[0]} file")
+        if not path.parent.is_dir():
+            raise argparse.ArgumentTypeError(f"the directory {path.parent} does not exist — create it first")
+        return path
+
+    check.__name__ = f"{suffixes[0].lstrip('.')} file"
+    return check
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str) -> list[str]:
@@ -31,6 +80,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str) -
         if args:  # X | None
             kind = next(a for a in args if a is not type(None))
         help_text = f.metadata.get("help", "") + ("" if f.default is None else f" (default: {f.default})")
+        if f.name == "seed" or f.name.endswith("_seed"):
+            kind = seed
         if kind is bool:
             group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:

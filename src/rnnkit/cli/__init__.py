@@ -57,9 +57,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `rnnkit sample ... | head`
         return 0
+    except OSError as e:  # a path the system refuses: read-only, full, a directory where a file goes, ...
+        print(f"error: {_os_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _os_message(e: OSError) -> str:
+    """One line for an OSError: the path the user named (the target of a rename, not its temporary file), why the
+    system refused it, and what to do."""
+    where = e.filename2 if e.filename2 is not None else e.filename
+    reason = e.strerror or str(e)
+    return (f"{where}: {reason} — check the path, its permissions and the free space" if where is not None
+            else f"{reason} — check the paths given, their permissions and the free space")
 
 
 if __name__ == "__main__":

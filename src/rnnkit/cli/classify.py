@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, start_run, stopped
-from rnnkit.cliargs import Parser, add_dataclass_args, given
+from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, start_run, stopped
+from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError, CorpusError
 
 KIND = "classifier"
@@ -40,7 +39,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-fraction", type=float,
                    help="of the training part, held out to pick the best checkpoint (default: 0.1; 0: train on all of "
                         "it for the budget given and keep the final weights)")
-    p.add_argument("--split-seed", type=int, help="seed of the stratified splits (default: 0)")
+    p.add_argument("--split-seed", type=seed, help="seed of the stratified splits (default: 0)")
     p.add_argument("--init-from", type=Path, metavar="LM_RUN_DIR",
                    help="start the encoder from a character language model trained by `rnnkit train` (needs "
                         "--tokens char and the same cell, hidden size and embedding size)")
@@ -52,7 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                       "logistic regression (text) or MiniRocket + ridge (series)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--confusion-png", type=Path, metavar="FILE",
+    p.add_argument("--confusion-png", type=output_file(".png"), metavar="FILE",
                    help="where to draw the confusion matrix (default: RUN_DIR/confusion.png)")
     p.add_argument("--no-baselines", action="store_true", help="skip the classical baselines")
     add_load_args(p)
@@ -72,7 +71,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from rnnkit.checkpoint import FORMAT_VERSION, MODEL, TRAINER_STATE, build_model, read_config
+    from rnnkit.checkpoint import FORMAT_VERSION, build_model, read_config
     from rnnkit.data.classification import ClassificationSpec, load_classification
     from rnnkit.data.labeled import TokenVocab
     from rnnkit.models.classifier import SequenceClassifier, SequenceClassifierConfig
@@ -97,10 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_config = BatchTrainConfig.resumed(config["train"], train_flags)
         model = build_model(config)
     else:
-        run_dir = args.out or Path("runs") / time.strftime("classify-%Y%m%d-%H%M%S")
-        if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
-            raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
-                              "or choose another --out")
+        run_dir = new_run_dir(args, "classify")
         options = {f: getattr(args, f) for f in DATA_FLAGS[2:] if getattr(args, f) is not None}
         spec = ClassificationSpec(args.data or [], args.test_data, **options)
         train_config = BatchTrainConfig(**train_flags)

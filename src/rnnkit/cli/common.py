@@ -61,15 +61,26 @@ def resumed_config(args: argparse.Namespace, kind: str, data_flags: tuple[str, .
     return run_dir, config
 
 
-def new_run_dir(args: argparse.Namespace, prefix: str) -> Path:
-    """``--out``, or ``runs/<prefix>-<date-time>``; a directory that already holds a run is refused."""
+def new_run_dir(args: argparse.Namespace, prefix: str = "") -> Path:
+    """``--out``, or ``runs/[<prefix>-]<date-time>``. Refused: a directory that already holds a run, a file, and a
+    non-empty directory with no config.json (a run started there writes ``metrics.csv``, ``loss.png`` and its
+    checkpoints, over whatever has those names — a dataset's or the user's own files). A run that stopped before
+    its first checkpoint (config.json, perhaps metrics rows) is started again."""
     import time
 
-    from rnnkit.checkpoint import MODEL, TRAINER_STATE
+    from rnnkit.checkpoint import CONFIG, MODEL, TRAINER_STATE
     from rnnkit.errors import ConfigError
 
-    run_dir = args.out or Path("runs") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    run_dir = args.out or Path("runs") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S" if prefix else "%Y%m%d-%H%M%S")
     if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
         raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
                           "or choose another --out")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file — choose a directory for --out")
+    # a dot-file may be another process's atomic write in flight (torchrun's rank 0 writing config.json)
+    foreign = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) \
+        if run_dir.is_dir() and not (run_dir / CONFIG).exists() else []
+    if foreign:
+        raise ConfigError(f"{run_dir} already holds files that are not a run ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}) — choose a new or empty directory for --out")
     return run_dir

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from rnnkit.cli.common import info
-from rnnkit.cliargs import Parser
+from rnnkit.cliargs import Parser, seed
 from rnnkit.errors import ConfigError
 
 DEFAULT_TEXT = "../shared/data/spa-eng/spa.txt"
@@ -38,7 +38,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="where fonts are (repeatable; default: /usr/share/fonts)")
     p.add_argument("--augment", default="strong", help="training distortion: none, mild or strong")
     p.add_argument("--eval-augment", default="mild", help="validation/test distortion (default: mild)")
-    p.add_argument("--seed", type=int, default=20240610)
+    p.add_argument("--seed", type=seed, default=20240610)
     p.add_argument("--workers", type=int, default=None, help="processes drawing lines (default: the cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_handwriting)
@@ -56,7 +56,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snr", default="5,20", metavar="LOW,HIGH", help="noise level range in dB (default: 5,20)")
     p.add_argument("--test-accents", default=None, metavar="A,B", help="held-out accents (default: en-029)")
     p.add_argument("--test-variants", default=None, metavar="V,W", help="held-out voice variants")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--workers", type=int, default=2, help="synthesis processes (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_speech)

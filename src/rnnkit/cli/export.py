@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rnnkit.cli.common import info
+from rnnkit.cliargs import output_file
 
 CHECK_PROMPT = 100  # characters of the run's corpus that --check primes with
 
@@ -16,7 +17,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                    "of the graph so that generation can step one token at a time. Needs the onnx "
                                    "extra: pip install 'rnnkit[onnx]'.")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument("--onnx", type=Path, metavar="FILE", required=True, help="the .onnx file to write")
+    p.add_argument("--onnx", type=output_file(".onnx"), metavar="FILE", required=True, help="the .onnx file to write")
     p.add_argument("--check", action="store_true",
                    help="run onnxruntime against PyTorch on a real prompt and report the largest differences; "
                         "exit status 1 if any exceeds 1e-4 or greedy sampling differs")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, stopped
-from rnnkit.cliargs import Parser, add_dataclass_args, given
+from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, stopped
+from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError, CorpusError
 
 
@@ -33,7 +32,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("eval", help="score the held-out forecast against naive, seasonal-naive and ARIMA")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--plot", type=Path, help="PNG of history, truth and forecasts (default: RUN_DIR/forecast.png)")
+    p.add_argument("--plot", type=output_file(".png"),
+                   help="PNG of history, truth and forecasts (default: RUN_DIR/forecast.png)")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -49,7 +49,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, MODEL, TRAINER_STATE, build_model, read_config, write_json
+    from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, build_model, read_config, write_json
     from rnnkit.forecast import KIND, RECIPES, ForecastDataConfig, ForecastTrainConfig, resolve_data, split
     from rnnkit.models.forecaster import ForecasterConfig, SequenceForecaster
     from rnnkit.train.batches import BatchTrainer
@@ -73,12 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = build_model(config)
         train_config = ForecastTrainConfig.resumed(config["train"], train_flags)
     else:
-        run_dir = args.out or Path("runs") / time.strftime("forecast-%Y%m%d-%H%M%S")
-        if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
-            raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
-                              "or choose another --out")
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ConfigError(f"{run_dir} is a file — choose a directory for --out")
+        run_dir = new_run_dir(args, "forecast")
         dc, series = resolve_data(ForecastDataConfig(**data_flags))
         recipe = RECIPES.get(dc.data, {})
         train_config = ForecastTrainConfig(**{"epochs": 50, **recipe.get("train", {}), **train_flags})

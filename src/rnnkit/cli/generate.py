@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rnnkit import __version__
 from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
-from rnnkit.cliargs import Parser, add_dataclass_args, given
+from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError
 
 KIND = "conditional_generator"
@@ -34,7 +34,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-fraction", type=float,
                    help="held out of every label for the figures (default: 0.1; 0.2 is the digits convention)")
     p.add_argument("--val-fraction", type=float, help="of the rest, held out to pick the best checkpoint (0.1)")
-    p.add_argument("--split-seed", type=int, help="seed of the splits (default: 0)")
+    p.add_argument("--split-seed", type=seed, help="seed of the splits (default: 0)")
     p.add_argument("--limit", type=int, metavar="N", help="bach-chorales: the first N chorales only (a quick try)")
     add_run_args(p, "generate-")
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, ConditionalGeneratorConfig, "model"),
@@ -56,10 +56,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, help="sample only from the smallest set with probability >= P")
     p.add_argument("--beam", type=int, metavar="K", help="beam search: the K most likely sequences instead")
     p.add_argument("--alpha", type=float, default=0.0, help="beam length penalty ((5+len)/6)^alpha (default: 0)")
-    p.add_argument("--seed", type=int, help="random seed, for reproducible samples")
-    p.add_argument("--midi", type=Path, metavar="FILE", help="music: write the first sample as MIDI")
-    p.add_argument("--musicxml", type=Path, metavar="FILE", help="music: write the first sample as MusicXML")
-    p.add_argument("--piano-roll", type=Path, metavar="FILE", help="music: draw the first sample as a PNG")
+    p.add_argument("--seed", type=seed, help="random seed, for reproducible samples")
+    p.add_argument("--midi", type=output_file(".mid", ".midi"),
+                   metavar="FILE", help="music: write the first sample as MIDI")
+    p.add_argument("--musicxml", type=output_file(".musicxml", ".xml"),
+                   metavar="FILE", help="music: write the first sample as MusicXML")
+    p.add_argument("--piano-roll", type=output_file(".png"),
+                   metavar="FILE", help="music: draw the first sample as a PNG")
     p.add_argument("--json", action="store_true", help="one JSON object per sample")
     add_load_args(p)
     p.set_defaults(func=cmd_sample)
@@ -67,7 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("eval", help="held-out figures against classical peers (n-gram models, an SVM)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--beam", type=int, default=5, metavar="K", help="digits: beam size scored beside greedy (5)")
-    p.add_argument("--captions-png", type=Path, metavar="FILE",
+    p.add_argument("--captions-png", type=output_file(".png"), metavar="FILE",
                    help="digits: where to draw held-out images with their captions (default: RUN_DIR/captions.png)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_load_args(p)

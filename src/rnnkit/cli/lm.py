@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, stopped
-from rnnkit.cliargs import add_dataclass_args, given
+from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, stopped
+from rnnkit.cliargs import add_dataclass_args, given, seed
 from rnnkit.errors import ConfigError, RnnkitError
 
 MAIN_JOB_SAMPLE = 300
@@ -41,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied (default: 0.8)")
     p.add_argument("--top-k", type=int, help="sample only from the K most likely characters")
     p.add_argument("--top-p", type=float, help="sample only from the smallest set with probability >= P")
-    p.add_argument("--seed", type=int, help="random seed, for reproducible samples")
+    p.add_argument("--seed", type=seed, help="random seed, for reproducible samples")
     p.add_argument("--num-samples", type=int, default=1, help="samples generated together (default: 1)")
     p.add_argument("--int8", action="store_true",
                    help="int8 weights (CPU): several times faster at small batch, ~lossless (see BENCHMARKS.md)")
@@ -68,7 +68,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, MODEL, TRAINER_STATE, build_model, read_config, write_json
+    from rnnkit.checkpoint import CONFIG, FORMAT_VERSION, build_model, read_config, write_json
     from rnnkit.data import CharVocab, build_vocab, encode_file, resolve_corpus, split_tokens
     from rnnkit.data.datasets import sha256_file
     from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = args.resume
         if args.out is not None and args.out.resolve() != run_dir.resolve():
             raise ConfigError("--resume continues RUN_DIR in place — drop --out or make it the same directory")
-        config = read_config(run_dir)
+        config = read_config(run_dir, kind="language_model")
         changed = {k: v for k, v in model_flags.items() if config["model"].get(k) != v}
         if changed or args.data is not None:
             what = ", ".join("--" + k.replace("_", "-") for k in changed) or "--data"
@@ -100,12 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         if args.out is None and distributed.world_size() > 1:
             raise ConfigError("under torchrun pass --out RUN_DIR, so that every process trains the same run")
-        run_dir = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        if (run_dir / MODEL).exists() or (run_dir / TRAINER_STATE).exists():
-            raise ConfigError(f"{run_dir} already holds a training run — pass --resume {run_dir} to continue it, "
-                              "or choose another --out")
-        if run_dir.exists() and not run_dir.is_dir():
-            raise ConfigError(f"{run_dir} is a file — choose a directory for --out")
+        run_dir = new_run_dir(args)
         train_config = TrainConfig(**train_flags)
         if not train_config.max_steps and not train_config.minutes:
             train_config.minutes = 10.0
@@ -246,6 +241,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = {"val_loss": loss, "bpc": loss / math.log(2), "characters": int(len(tokens)) - 1,
               "data": str(path), "split": args.split, "weights": args.weights}
     if dynamic is not None:
+        if dynamic.window >= len(tokens) - 1:  # one window: scored before any step, so nothing would adapt
+            raise ConfigError(f"--dynamic-window {dynamic.window} covers the whole text ({len(tokens):,} characters), "
+                              "so the model would never adapt — pass a smaller window, such as 50")
         train_ids = ids if path == trained_on else encode_file(trained_on, vocab)  # read the corpus once
         result["dynamic"] = _dynamic(model, tokens, split_tokens(train_ids)[0], device, dynamic)
     if args.json:
@@ -262,11 +260,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _trained_on(config: dict) -> Path:
-    """The corpus the run trained on: its recorded path, or its source found again ('shakespeare', 'builtin')."""
+    """The corpus the run trained on: its recorded path, or its source found again ('shakespeare', 'builtin'),
+    checked against the recorded checksum — a changed file would put training text in the validation part."""
     from rnnkit.data import resolve_corpus
+    from rnnkit.data.datasets import sha256_file
 
     path = Path(config["data"]["path"])
-    return path if path.exists() else resolve_corpus(config["data"]["source"])[0]
+    path = path if path.exists() else resolve_corpus(config["data"]["source"])[0]
+    recorded = config["data"].get("sha256")
+    if recorded is not None and sha256_file(path) != recorded:
+        raise RnnkitError(f"{path} is not the corpus the run trained on (its checksum differs) — restore that "
+                          "corpus, or name a text with --data to score the model on it")
+    return path
 
 
 def _dynamic(model, tokens, train_tokens, device, dynamic) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rnnkit import __version__
 from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
-from rnnkit.cliargs import Parser, add_dataclass_args, given
+from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError
 
 KIND = "ctc_recognizer"
@@ -43,7 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="PNG/JPEG images or WAV files")
     p.add_argument("--beam", type=int, default=1, metavar="K", help="prefix beam search width; 1 is greedy")
-    p.add_argument("--png", type=Path, metavar="FILE",
+    p.add_argument("--png", type=output_file(".png"), metavar="FILE",
                    help="draw the first input with its best path under it (where each character was emitted)")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
     add_load_args(p)
@@ -64,7 +64,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lm-weight", type=float, default=0.5, help="weight of the language model's log-probability")
     p.add_argument("--char-bonus", type=float, default=0.0, help="score added per emitted character (with the LM)")
     p.add_argument("--examples", type=int, default=5, help="transcripts to print with their references")
-    p.add_argument("--png", type=Path, metavar="FILE", help="draw the first scored line with its best path")
+    p.add_argument("--png", type=output_file(".png"),
+                   metavar="FILE", help="draw the first scored line with its best path")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rnnkit import __version__
 from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
-from rnnkit.cliargs import Parser, add_dataclass_args, given
+from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError
 
 KIND = "seq2seq"
@@ -46,7 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="*", metavar="SENTENCE", help="Spanish sentences (default: one per stdin line)")
     p.add_argument("--beam", type=int, default=5, metavar="K", help="beam size; 1 is greedy (default: 5)")
     p.add_argument("--alpha", type=float, default=0.6, help="length penalty ((5+len)/6)^alpha (default: 0.6)")
-    p.add_argument("--attention-png", type=Path, metavar="FILE",
+    p.add_argument("--attention-png", type=output_file(".png"), metavar="FILE",
                    help="draw the attention matrix of the first sentence (its greedy translation)")
     p.add_argument("--json", action="store_true", help="one JSON object per sentence")
     add_load_args(p)

@@ -66,6 +66,8 @@ def _shampoo() -> Series:
         return Series("shampoo", np.asarray(load_shampoo_sales(), dtype=np.float64)[:, None], ["sales"], 12, 1)
 
 
+LARGEST = 1e30  # |value| past this, float32 arithmetic (the model, the scaler's output) overflows
+
 #: name -> (loader, where it comes from)
 NAMED = {
     "airline": (_airline, "monthly airline passengers 1949-1960, Box & Jenkins (aeon)"),
@@ -136,6 +138,9 @@ def read_csv_series(path: str | Path, target: str | None = None, covariates: lis
                                   "missing values first") from None
     if not np.isfinite(values).all():
         raise CorpusError(f"{path} holds NaN or infinite values — fill or drop them first")
+    if np.abs(values).max(initial=0.0) > LARGEST:
+        raise CorpusError(f"{path} holds values up to {np.abs(values).max():.3g}, past what the model computes in "
+                          f"(float32, about {LARGEST:.0e} with room for scaling) — rescale the series first")
     if len(values) < 3:
         raise CorpusError(f"{path} holds {len(values)} rows — a series to forecast needs many more")
     return Series(path.stem, values, [header[c] for c in cols])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -216,7 +217,7 @@ def _cached_frames(root: Path, info: dict, split: str, files: list[Path], progre
             with np.load(cache, allow_pickle=False) as z:
                 flat, lengths = z["frames"], z["lengths"]
             return [a.astype(np.float32) for a in np.split(flat, np.cumsum(lengths)[:-1])]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # a damaged cache is rebuilt below
     if workers is None:
         workers = default_workers() if len(files) >= PARALLEL_FROM else 1

@@ -67,11 +67,15 @@ def load_ts_file(path: str | Path, labels: bool = True) -> tuple[list[np.ndarray
     except (OSError, ValueError) as e:
         raise CorpusError(f"{path} is not a readable .ts file ({str(e).splitlines()[0]}) — check its header") from None
     X, y = loaded if isinstance(loaded, tuple) else (loaded, None)
+    sequences = _as_steps(X)
+    bad = next((i for i, s in enumerate(sequences) if not np.isfinite(s).all()), None)
+    if bad is not None:
+        raise CorpusError(f"{path}: series {bad} holds NaN or infinite values — fill or drop them first")
     if not labels:
-        return _as_steps(X), None
+        return sequences, None
     if y is None or len(y) == 0:
         raise CorpusError(f"{path} holds no class labels — a classifier needs '@classLabel true ...' and labels")
-    return _as_steps(X), np.asarray(y).astype(str)
+    return sequences, np.asarray(y).astype(str)
 
 
 def fit_scaler(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

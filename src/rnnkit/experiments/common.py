@@ -70,9 +70,12 @@ class TaskConfig:
             raise ConfigError(f"--lr must be positive (got {self.lr}) — pass e.g. --lr 1e-3")
         if self.forget_bias != "chrono":
             try:
-                float(self.forget_bias)
+                finite = math.isfinite(float(self.forget_bias))
             except ValueError:
-                raise ConfigError(f"--forget-bias must be a number or chrono (got {self.forget_bias!r})") from None
+                finite = False
+            if not finite:
+                raise ConfigError(f"--forget-bias must be a finite number or chrono (got {self.forget_bias!r}) — "
+                                  "e.g. --forget-bias 1")
         if not self.grad_clip >= 0:
             raise ConfigError(f"--grad-clip must be >= 0 (got {self.grad_clip}) — 0 turns clipping off")
 

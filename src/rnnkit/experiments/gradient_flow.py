@@ -60,6 +60,8 @@ class GradientFlowConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
 
     def __post_init__(self) -> None:
+        if self.probe_size <= 0:  # checked here: AddingConfig would name it --test-size
+            raise ConfigError(f"--probe-size must be positive (got {self.probe_size}) — pass a whole number >= 1")
         # The shared checks (T, sizes, lr, forget bias) are AddingConfig's.
         AddingConfig(T=self.T, hidden_size=self.hidden_size, batch_size=self.batch_size, lr=self.lr,
                      forget_bias=self.forget_bias, test_size=self.probe_size, seed=self.seed, device=self.device)

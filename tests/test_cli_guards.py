@@ -1,0 +1,242 @@
+"""Guards every verb shares: numbers that must be finite, seeds, files a verb writes, run directories that would
+write over someone's files, paths the system refuses — each a one-line error with exit 2 and nothing overwritten."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+from test_cli import SMALL, assert_user_error, run, trained  # noqa: F401 (trained: a fixture)
+
+from rnnkit.checkpoint import BEST, CONFIG, MODEL
+from rnnkit.cliargs import SEED_MAX
+
+
+def digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def tree(run_dir):
+    return {p.name: digest(p) for p in sorted(run_dir.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def lm_run(trained):  # noqa: F811 (the fixture imported above)
+    return trained[0]  # a small language-model run (test_cli's fixture)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", "--lr", "inf"], "--lr"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--grad-clip=-inf"], "--grad-clip"),
+    (["classify", "train", "--lr", "inf"], "--lr"),
+    (["forecast", "train", "--weight-decay", "nan"], "--weight-decay"),
+    (["experiment", "adding", "--forget-bias", "nan"], "--forget-bias"),  # a str flag: "chrono" or a number
+])
+def test_non_finite_numbers_are_refused(argv, flag, capsys, small_corpus):
+    code, _, err = run(capsys, *argv)
+    assert_user_error(code, err, *([flag, "finite"] if flag else []))
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "nan"], ["--temperature", "inf"], ["--top-p", "nan"]])
+def test_non_finite_sampling_settings_are_refused(lm_run, capsys, flags):
+    code, out, err = run(capsys, "sample", lm_run, *flags)
+    assert_user_error(code, err, flags[0], "finite")
+    assert out == ""
+
+
+@pytest.mark.parametrize("value", [-1, SEED_MAX + 1, 10**25, "x"])
+@pytest.mark.parametrize("verb", [["train"], ["classify", "train"], ["forecast", "train"], ["generate", "train"],
+                                  ["translate", "train"], ["recognize", "train"], ["experiment", "adding"]])
+def test_seeds_out_of_range_are_refused_before_anything_is_written(verb, value, capsys, tmp_path):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, *verb, "--seed", value, "--out", out)
+    assert_user_error(code, err, "--seed")
+    assert not out.exists()
+
+
+def test_the_largest_seed_is_taken(small_corpus, tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 1, "--out", tmp_path / "run",
+                       "--seed", SEED_MAX, "--sample-length", 0, *SMALL)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("split_seed", [["classify", "train", "--split-seed", "-1"],
+                                        ["generate", "train", "--split-seed", "-3"]])
+def test_split_seeds_out_of_range_are_refused(split_seed, capsys):
+    code, _, err = run(capsys, *split_seed)
+    assert_user_error(code, err, "--split-seed")
+
+
+@pytest.mark.parametrize("argv", [
+    ["classify", "eval", "{run}", "--confusion-png", "{run}/best.safetensors"],
+    ["forecast", "eval", "{run}", "--plot", "{run}/trainer_state.safetensors"],
+    ["generate", "eval", "{run}", "--captions-png", "{run}/config.json"],
+    ["generate", "sample", "{run}", "--midi", "{run}/best.safetensors"],
+    ["generate", "sample", "{run}", "--musicxml", "{run}/config.json"],
+    ["generate", "sample", "{run}", "--piano-roll", "{run}/model.safetensors"],
+    ["translate", "translate", "{run}", "--attention-png", "{run}/best.safetensors", "hola"],
+    ["recognize", "predict", "{run}", "x.png", "--png", "{run}/best.safetensors"],
+    ["recognize", "eval", "{run}", "--png", "{run}/metrics.csv"],
+    ["export", "{run}", "--onnx", "{run}/best.safetensors"],
+    ["export", "{run}", "--onnx", "{corpus}"],
+])
+def test_an_output_file_of_the_wrong_kind_is_refused_and_nothing_is_overwritten(argv, lm_run, small_corpus, capsys):
+    before, corpus = tree(lm_run), digest(small_corpus)
+    code, _, err = run(capsys, *(a.format(run=lm_run, corpus=small_corpus) for a in argv))
+    assert_user_error(code, err, "does not end in")
+    assert tree(lm_run) == before and digest(small_corpus) == corpus
+
+
+def test_an_output_file_that_is_a_directory_or_in_a_missing_one(lm_run, tmp_path, capsys):
+    (tmp_path / "plots.png").mkdir()
+    code, _, err = run(capsys, "classify", "eval", lm_run, "--confusion-png", tmp_path / "plots.png")
+    assert_user_error(code, err, "is a directory")
+    code, _, err = run(capsys, "export", lm_run, "--onnx", tmp_path / "missing" / "model.onnx")
+    assert_user_error(code, err, "does not exist", "create it first")
+
+
+def test_output_suffixes_are_case_blind(lm_run, tmp_path, capsys):
+    out = tmp_path / "MODEL.ONNX"
+    code, _, err = run(capsys, "export", lm_run, "--onnx", out)
+    assert code == 0, err
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("verb", [["train", "--data", "{corpus}"], ["classify", "train", "--data", "{corpus}"],
+                                  ["forecast", "train", "--data", "airline"]])
+def test_training_into_a_directory_of_other_files_is_refused(verb, small_corpus, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.csv").write_text("my own numbers\n")
+    (mine / "loss.png").write_bytes(b"my own plot")
+    before = tree(mine)
+    code, _, err = run(capsys, *(a.format(corpus=small_corpus) for a in verb), "--out", mine, "--max-steps", 1)
+    assert_user_error(code, err, str(mine), "loss.png, metrics.csv", "not a run", "new or empty directory")
+    assert tree(mine) == before
+
+
+def test_training_into_an_empty_directory_or_a_run_that_never_saved(small_corpus, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 1, "--out", empty,
+                       "--sample-length", 0, *SMALL)
+    assert code == 0, err
+    started = tmp_path / "started"  # what a run stopped before its first checkpoint leaves
+    started.mkdir()
+    shutil.copy(empty / CONFIG, started / CONFIG)
+    (started / "metrics.csv").write_text("step,tokens\n1,64\n")
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 1, "--out", started,
+                       "--sample-length", 0, *SMALL)
+    assert code == 0, err
+    assert (started / MODEL).exists()
+
+
+def test_a_path_the_system_refuses_is_one_line(small_corpus, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 1, "--out", blocker / "run",
+                       "--sample-length", 0, *SMALL)
+    assert_user_error(code, err, str(blocker), "check the path")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_os_message_names_the_target_not_the_temporary_file():
+    from rnnkit.cli import _os_message
+
+    e = IsADirectoryError(21, "Is a directory", "/x/.plot.png.123.tmp", None, "/x/plot.png")
+    assert _os_message(e).startswith("/x/plot.png: Is a directory — ")
+    assert _os_message(OSError(28, "No space left on device")).startswith("No space left on device — ")
+
+
+def test_train_resume_of_another_kind_of_run_is_refused(tmp_path, capsys):
+    other = tmp_path / "classifier"
+    other.mkdir()
+    (other / CONFIG).write_text(json.dumps({"format_version": 1, "kind": "classifier", "model": {}, "train": {}}))
+    before = tree(other)
+    code, _, err = run(capsys, "train", "--resume", other)
+    assert_user_error(code, err, "holds a classifier run, not a language_model")
+    assert tree(other) == before
+
+
+def test_eval_refuses_a_changed_training_corpus(lm_run, small_corpus, capsys):
+    code, out, err = run(capsys, "eval", lm_run, "--json")
+    assert code == 0, err
+    small_corpus.write_text(small_corpus.read_text()[::-1])  # same characters, other text
+    code, out, err = run(capsys, "eval", lm_run, "--json")
+    assert_user_error(code, err, str(small_corpus), "not the corpus the run trained on", "--data")
+    code, out, err = run(capsys, "eval", lm_run, "--data", small_corpus, "--json")  # named: scored as asked
+    assert code == 0 and json.loads(out)["data"] == str(small_corpus)
+
+
+def test_a_dynamic_window_over_the_whole_text_is_refused(lm_run, small_corpus, capsys):
+    code, out, err = run(capsys, "eval", lm_run, "--dynamic", "--dynamic-window", 10**8)
+    assert_user_error(code, err, "--dynamic-window", "never adapt")
+
+
+def test_a_vocabulary_that_does_not_fit_the_model_is_refused(lm_run, capsys):
+    config = json.loads((lm_run / CONFIG).read_text())
+    config["vocab"]["chars"] = config["vocab"]["chars"][:3]
+    (lm_run / CONFIG).write_text(json.dumps(config))
+    before = digest(lm_run / BEST)
+    code, out, err = run(capsys, "sample", lm_run, "--length", 5)
+    assert_user_error(code, err, "vocabulary of", "damaged")
+    assert digest(lm_run / BEST) == before
+
+
+def test_gradient_flow_names_its_own_flag(capsys):
+    code, _, err = run(capsys, "experiment", "gradient-flow", "--probe-size", 0)
+    assert_user_error(code, err, "--probe-size")
+
+
+def test_series_with_nan_are_refused_for_prediction(tmp_path):
+    pytest.importorskip("aeon", reason="reading .ts files needs the classical extra (aeon)")
+    from classify_helpers import write_ts
+
+    from rnnkit.data.series import load_ts_file
+    from rnnkit.errors import CorpusError
+
+    series = [np.ones((5, 2)), np.array([[1.0, 2.0], [np.nan, 1.0], [0.0, 0.0]])]
+    path = write_ts(tmp_path / "x.ts", series, ["a", "b"])
+    with pytest.raises(CorpusError, match="series 1 holds NaN"):
+        load_ts_file(path, labels=False)
+
+
+def test_forecast_values_past_float32_are_refused(tmp_path):
+    from rnnkit.data.forecasting import read_csv_series
+    from rnnkit.errors import CorpusError
+
+    path = tmp_path / "huge.csv"
+    path.write_text("value\n" + "\n".join(str(1e302 * (1 + i / 100)) for i in range(50)) + "\n")
+    with pytest.raises(CorpusError, match="rescale"):
+        read_csv_series(path)
+    path.write_text("value\n" + "\n".join(str(1e20 * (1 + i / 100)) for i in range(50)) + "\n")
+    assert read_csv_series(path).values.max() > 1e20  # large, but within reach: taken
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda tsv: tsv.unlink(), "train.tsv is missing"),
+    (lambda tsv: tsv.write_text(tsv.read_text() + "a line with no tabs\n"), "line 601: 1 tab-separated fields"),
+    (lambda tsv: tsv.write_bytes(tsv.read_bytes() + b"x\t\xff\xfe\ty\n"), "not UTF-8"),
+])
+def test_a_damaged_recognition_dataset_is_one_line(hw_dataset, tmp_path, capsys, damage, fragment):
+    data = tmp_path / "data"
+    shutil.copytree(hw_dataset, data)
+    damage(data / "train.tsv")
+    code, _, err = run(capsys, "recognize", "train", "--data", data, "--out", tmp_path / "run", "--max-steps", 1)
+    assert_user_error(code, err, fragment, "build it again")
+    assert not (tmp_path / "run" / MODEL).exists()
+
+
+def test_a_truncated_frame_cache_is_rebuilt(hw_dataset, tmp_path):
+    from rnnkit.data.recognition import load_recognition
+
+    data = tmp_path / "data"
+    shutil.copytree(hw_dataset, data, ignore=shutil.ignore_patterns(".frames"))
+    first = load_recognition(data, splits=("val",)).splits["val"].frames
+    (cache,) = (data / ".frames").glob("val-*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])
+    again = load_recognition(data, splits=("val",)).splits["val"].frames
+    assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(again, first, strict=True))
+    assert cache.stat().st_size > 100  # written again
