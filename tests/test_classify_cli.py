@@ -211,6 +211,7 @@ def test_series_train_eval_predict(series_run, capsys, tmp_path):
     (["--data", "DATA", "--val-fraction", "1"], "--val-fraction must be in [0, 1)"),
     (["--data", "DATA", "--val-fraction", "-0.1"], "--val-fraction must be in [0, 1)"),
     (["--data", "DATA", "--min-count", "0"], "--min-count"),
+    (["--data", "DATA", "--min-count", "1000"], "lower --min-count"),
     (["--data", "DATA", "--pooling", "max"], "unknown pooling"),
     (["--data", "DATA", "--members", "0"], "members must be >= 1"),
     (["--data", "DATA", "--token-dropout", "1"], "token_dropout must be in [0, 1)"),
@@ -278,6 +279,19 @@ def test_nothing_to_classify(text_run, capsys, monkeypatch):
     code, out, err = run(capsys, "classify", "predict", text_run[0])
     assert_user_error(code, err, "nothing to classify")
     assert out == ""
+
+
+@pytest.mark.parametrize("raw, fragment", [(b"caf\xe9 noir\n", "not UTF-8 (bad byte at offset 3)"),
+                                            (b"PK\x03\x04\x00\x00\n", "binary")])
+def test_stdin_that_is_not_text_is_refused(text_run, capsys, monkeypatch, raw, fragment):
+    """The locale may decode stdin leniently (surrogateescape under C): the bytes are checked as files are."""
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8", errors="surrogateescape"))
+    code, out, err = run(capsys, "classify", "predict", text_run[0])
+    assert_user_error(code, err, fragment)
+    assert out == ""
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO("café noir\r\n".encode()), encoding="utf-8"))
+    code, out, err = run(capsys, "classify", "predict", text_run[0])
+    assert code == 0 and out.rstrip("\n").endswith("\tcafé noir"), err
 
 
 def test_resume_with_more_epochs_extends_an_epoch_budget(tmp_path, capsys):

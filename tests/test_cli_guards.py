@@ -240,3 +240,18 @@ def test_a_truncated_frame_cache_is_rebuilt(hw_dataset, tmp_path):
     again = load_recognition(data, splits=("val",)).splits["val"].frames
     assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(again, first, strict=True))
     assert cache.stat().st_size > 100  # written again
+
+
+def test_a_series_label_the_header_does_not_declare_is_refused(tmp_path):
+    pytest.importorskip("aeon", reason="reading .ts files needs the classical extra (aeon)")
+    from classify_helpers import write_ts
+
+    from rnnkit.data.series import load_ts_file
+    from rnnkit.errors import CorpusError
+
+    series = [np.ones((4, 2)), np.zeros((3, 2)), np.ones((5, 2))]
+    path = write_ts(tmp_path / "x.ts", series, ["a", "b", "a"])
+    assert load_ts_file(path)[1].tolist() == ["a", "b", "a"]
+    path.write_text(path.read_text().replace("@classLabel true a b", "@classLabel true a"))
+    with pytest.raises(CorpusError, match="labels series 'b', which its '@classLabel' line does not declare"):
+        load_ts_file(path)

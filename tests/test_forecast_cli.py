@@ -67,6 +67,8 @@ def test_train_eval_predict(tmp_path, capsys, csv_series):
     (["forecast", "train", "--data", "{csv}", "--horizon", "4", "--test-size", "8"], "longer than --horizon"),
     (["forecast", "train", "--data", "{csv}", "--mode", "autoregressive", "--covariates", "temp"], "direct"),
     (["forecast", "train", "--data", "{csv}", "--target", "price"], "no column 'price'"),
+    (["forecast", "train", "--data", "{csv}", "--period", "100000"], "--period 100000 needs more than"),
+    (["forecast", "train", "--data", "airline", "--mase-period", "120"], "airline leaves 120 before its test"),
 ])
 def test_errors_are_one_line(tmp_path, capsys, csv_series, argv, fragment):
     code, _, err = run(capsys, *[a.replace("{csv}", str(csv_series)) for a in argv], "--out", tmp_path / "r")

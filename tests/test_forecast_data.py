@@ -31,6 +31,13 @@ def test_csv_without_header_uses_column_numbers(tmp_path):
     assert read_csv_series(path, target="1", covariates=["2"]).values[0].tolist() == [1, 5]
 
 
+def test_csv_without_header_whose_first_column_is_a_date(tmp_path):
+    """The first row's date is not a number, but neither is the date below it: data, not a header."""
+    path = write(tmp_path, "2020-01-01,100.5\n2020-01-02,101.5\n2020-01-03,99.0\n")
+    s = read_csv_series(path)
+    assert s.values[:, 0].tolist() == [100.5, 101.5, 99.0] and s.columns == ["2"]
+
+
 @pytest.mark.parametrize("text, kwargs, fragment", [
     ("", {}, "empty"),
     ("a,b\n1,2\n3,4\n5,6\n", {"target": "c"}, "no column 'c'"),

@@ -109,6 +109,7 @@ def test_train_errors(argv, fragments, tmp_path, capsys):
     (["--image", "3"], ["--image", "--label"]),
     (["--label", "Italian", "--prompt", "Ma\u263a"], ["vocabulary"]),
     (["--label", "Italian", "--midi", "x.mid"], ["bach-chorales"]),
+    (["--label", "Italian", "--opening", "test"], ["--opening", "bach-chorales"]),
     (["--label", "Italian", "--beam", "0"], ["--beam"]),
     (["--label", "Italian", "--temperature", "-1"], ["temperature"]),
 ])

@@ -90,6 +90,11 @@ def resolve_data(dc: ForecastDataConfig) -> tuple[ForecastDataConfig, Series]:
     if out.test_size > out.horizon:
         raise ConfigError(f"--test-size {out.test_size} is longer than --horizon {out.horizon}: the test part is "
                           "scored on one forecast — raise --horizon or lower --test-size")
+    steps = len(series.values) - out.test_size  # the training part: the seasonal scales are fitted on it
+    for name in ("period", "mase_period"):
+        if getattr(out, name) >= steps:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(out, name)} needs more than that many training "
+                              f"steps, and {series.name} leaves {steps} before its test part — lower it")
     return out, series
 
 

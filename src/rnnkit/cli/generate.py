@@ -162,6 +162,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if music_out and kind != "music":
         raise ConfigError("--midi, --musicxml and --piano-roll write melodies — they need a run trained on "
                           "bach-chorales")
+    if args.opening is not None and kind != "music":
+        raise ConfigError("--opening starts from a chorale's first bar — it needs a run trained on bach-chorales")
     model, vocab, config, data = _load(args, splits=kind == "music" and args.opening is not None)
     mode = args.label
     if kind == "music" and args.opening is not None:

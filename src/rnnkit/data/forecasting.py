@@ -96,9 +96,9 @@ def load_series(source: str, target: str | None = None, covariates: list[str] | 
 def read_csv_series(path: str | Path, target: str | None = None, covariates: list[str] | None = None) -> Series:
     """A series from a CSV file, one row per step in time order.
 
-    With a header row (detected: its fields are not all numbers), ``target`` and ``covariates`` name columns;
-    without one they are 1-based column numbers ("2"). The target defaults to the last column; other columns
-    (e.g. a date) are ignored unless named as covariates. Every used cell must be a finite number.
+    With a header row (detected: a field that is not a number above one that is), ``target`` and ``covariates``
+    name columns; without one they are 1-based column numbers ("2"). The target defaults to the last column; other
+    columns (e.g. a date) are ignored unless named as covariates. Every used cell must be a finite number.
     """
     path = Path(path)
     try:
@@ -112,7 +112,9 @@ def read_csv_series(path: str | Path, target: str | None = None, covariates: lis
     rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
     if not rows:
         raise CorpusError(f"{path} is empty — pass a CSV file with one row per step")
-    has_header = not all(_is_number(c) for c in rows[0] if c.strip())
+    # a header names columns that hold numbers below it: a first row of a date and numbers is data, not a header
+    has_header = any(not _is_number(a) and _is_number(b) for a, b in zip(rows[0], rows[1], strict=False)) \
+        if len(rows) > 1 else not all(_is_number(c) for c in rows[0] if c.strip())
     header = [c.strip() for c in rows[0]] if has_header else [str(i + 1) for i in range(len(rows[0]))]
     body = rows[1:] if has_header else rows
     names = [target or header[-1], *(covariates or [])]

@@ -75,7 +75,25 @@ def load_ts_file(path: str | Path, labels: bool = True) -> tuple[list[np.ndarray
         return sequences, None
     if y is None or len(y) == 0:
         raise CorpusError(f"{path} holds no class labels — a classifier needs '@classLabel true ...' and labels")
-    return sequences, np.asarray(y).astype(str)
+    labels_ = np.asarray(y).astype(str)
+    declared = _declared_labels(path)
+    stray = sorted(set(labels_.tolist()) - set(declared)) if declared else []
+    if stray:
+        raise CorpusError(f"{path} labels series {stray[0]!r}, which its '@classLabel' line does not declare "
+                          f"({' '.join(declared)}) — fix the label or declare it")
+    return sequences, labels_
+
+
+def _declared_labels(path: Path) -> list[str]:
+    """The class labels a .ts header's ``@classLabel true a b c`` line declares ([] when there is none)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            words = line.split()
+            if words and words[0].lower() == "@data":
+                break
+            if len(words) > 2 and words[0].lower() == "@classlabel" and words[1].lower() == "true":
+                return words[2:]
+    return []
 
 
 def fit_scaler(sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
