@@ -26,6 +26,16 @@ def lm_run(trained):  # noqa: F811 (the fixture imported above)
     return trained[0]  # a small language-model run (test_cli's fixture)
 
 
+@pytest.fixture
+def fake_run(tmp_path):
+    """The files of a run directory, for flags refused while the arguments are read (before any run loads)."""
+    run_dir = tmp_path / "fake"
+    run_dir.mkdir()
+    for name in (CONFIG, MODEL, BEST, "trainer_state.safetensors", "metrics.csv", "loss.png"):
+        (run_dir / name).write_bytes(name.encode() * 10)
+    return run_dir
+
+
 @pytest.mark.parametrize("argv, flag", [
     (["train", "--lr", "inf"], "--lr"),
     (["train", "--lr", "nan"], "--lr"),
@@ -82,26 +92,27 @@ def test_split_seeds_out_of_range_are_refused(split_seed, capsys):
     ["export", "{run}", "--onnx", "{run}/best.safetensors"],
     ["export", "{run}", "--onnx", "{corpus}"],
 ])
-def test_an_output_file_of_the_wrong_kind_is_refused_and_nothing_is_overwritten(argv, lm_run, small_corpus, capsys):
-    before, corpus = tree(lm_run), digest(small_corpus)
-    code, _, err = run(capsys, *(a.format(run=lm_run, corpus=small_corpus) for a in argv))
+def test_an_output_file_of_the_wrong_kind_is_refused_and_nothing_is_overwritten(argv, fake_run, small_corpus,
+                                                                                capsys):
+    before, corpus = tree(fake_run), digest(small_corpus)
+    code, _, err = run(capsys, *(a.format(run=fake_run, corpus=small_corpus) for a in argv))
     assert_user_error(code, err, "does not end in")
-    assert tree(lm_run) == before and digest(small_corpus) == corpus
+    assert tree(fake_run) == before and digest(small_corpus) == corpus
 
 
-def test_an_output_file_that_is_a_directory_or_in_a_missing_one(lm_run, tmp_path, capsys):
+def test_an_output_file_that_is_a_directory_or_in_a_missing_one(fake_run, tmp_path, capsys):
     (tmp_path / "plots.png").mkdir()
-    code, _, err = run(capsys, "classify", "eval", lm_run, "--confusion-png", tmp_path / "plots.png")
+    code, _, err = run(capsys, "classify", "eval", fake_run, "--confusion-png", tmp_path / "plots.png")
     assert_user_error(code, err, "is a directory")
-    code, _, err = run(capsys, "export", lm_run, "--onnx", tmp_path / "missing" / "model.onnx")
+    code, _, err = run(capsys, "export", fake_run, "--onnx", tmp_path / "missing" / "model.onnx")
     assert_user_error(code, err, "does not exist", "create it first")
 
 
-def test_output_suffixes_are_case_blind(lm_run, tmp_path, capsys):
-    out = tmp_path / "MODEL.ONNX"
-    code, _, err = run(capsys, "export", lm_run, "--onnx", out)
-    assert code == 0, err
-    assert out.stat().st_size > 0
+def test_output_suffixes_are_case_blind(tmp_path):
+    from rnnkit.cliargs import output_file
+
+    assert output_file(".onnx")(str(tmp_path / "MODEL.ONNX")) == tmp_path / "MODEL.ONNX"
+    assert output_file(".musicxml", ".xml", ".mxl")(str(tmp_path / "song.mxl")).suffix == ".mxl"
 
 
 @pytest.mark.parametrize("verb", [["train", "--data", "{corpus}"], ["classify", "train", "--data", "{corpus}"],
@@ -113,13 +124,14 @@ def test_training_into_a_directory_of_other_files_is_refused(verb, small_corpus,
     (mine / "loss.png").write_bytes(b"my own plot")
     before = tree(mine)
     code, _, err = run(capsys, *(a.format(corpus=small_corpus) for a in verb), "--out", mine, "--max-steps", 1)
-    assert_user_error(code, err, str(mine), "loss.png, metrics.csv", "not a run", "new or empty directory")
+    assert_user_error(code, err, str(mine), "loss.png, metrics.csv but no run", "new or empty directory")
     assert tree(mine) == before
 
 
 def test_training_into_an_empty_directory_or_a_run_that_never_saved(small_corpus, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
+    (empty / "train.log").write_text("the shell made this for the run's output\n")
     code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 1, "--out", empty,
                        "--sample-length", 0, *SMALL)
     assert code == 0, err
@@ -131,6 +143,7 @@ def test_training_into_an_empty_directory_or_a_run_that_never_saved(small_corpus
                        "--sample-length", 0, *SMALL)
     assert code == 0, err
     assert (started / MODEL).exists()
+    assert (empty / "train.log").read_text() == "the shell made this for the run's output\n"
 
 
 def test_a_path_the_system_refuses_is_one_line(small_corpus, tmp_path, capsys):
@@ -147,7 +160,21 @@ def test_os_message_names_the_target_not_the_temporary_file():
 
     e = IsADirectoryError(21, "Is a directory", "/x/.plot.png.123.tmp", None, "/x/plot.png")
     assert _os_message(e).startswith("/x/plot.png: Is a directory — ")
-    assert _os_message(OSError(28, "No space left on device")).startswith("No space left on device — ")
+    e = PermissionError(13, "Permission denied", "/ro/run")
+    assert _os_message(e) == "/ro/run: Permission denied — check the path, its permissions and the free space"
+
+
+def test_an_os_error_about_no_path_keeps_its_traceback(monkeypatch, lm_run):
+    """Out of memory in a worker, a socket: not the user's path, so the one-line advice would mislead."""
+    import rnnkit.cli.lm
+    from rnnkit.cli import main
+
+    def fails(args):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(rnnkit.cli.lm, "cmd_eval", fails)
+    with pytest.raises(OSError, match="Cannot allocate memory"):
+        main(["eval", str(lm_run)])
 
 
 def test_train_resume_of_another_kind_of_run_is_refused(tmp_path, capsys):
@@ -168,6 +195,26 @@ def test_eval_refuses_a_changed_training_corpus(lm_run, small_corpus, capsys):
     assert_user_error(code, err, str(small_corpus), "not the corpus the run trained on", "--data")
     code, out, err = run(capsys, "eval", lm_run, "--data", small_corpus, "--json")  # named: scored as asked
     assert code == 0 and json.loads(out)["data"] == str(small_corpus)
+
+
+def test_resume_refuses_a_changed_or_missing_corpus(lm_run, small_corpus, capsys):
+    before = tree(lm_run)
+    text = small_corpus.read_text()
+    small_corpus.write_text(text[::-1])
+    code, _, err = run(capsys, "train", "--resume", lm_run, "--max-steps", 20)
+    assert_user_error(code, err, "not the corpus the run trained on", "restore it to resume")
+    small_corpus.unlink()
+    code, _, err = run(capsys, "train", "--resume", lm_run, "--max-steps", 20)
+    assert_user_error(code, err, "is gone", "restore it to resume")
+    assert tree(lm_run) == before
+
+
+def test_dynamic_evaluation_of_other_text_still_needs_the_training_corpus(lm_run, small_corpus, tmp_path, capsys):
+    other = tmp_path / "other.txt"
+    other.write_text(small_corpus.read_text()[:5000])
+    small_corpus.write_text(small_corpus.read_text()[::-1])
+    code, _, err = run(capsys, "eval", lm_run, "--data", other, "--dynamic")
+    assert_user_error(code, err, "not the corpus the run trained on", "--dynamic reads its training part")
 
 
 def test_a_dynamic_window_over_the_whole_text_is_refused(lm_run, small_corpus, capsys):
@@ -199,7 +246,7 @@ def test_series_with_nan_are_refused_for_prediction(tmp_path):
 
     series = [np.ones((5, 2)), np.array([[1.0, 2.0], [np.nan, 1.0], [0.0, 0.0]])]
     path = write_ts(tmp_path / "x.ts", series, ["a", "b"])
-    with pytest.raises(CorpusError, match="series 1 holds NaN"):
+    with pytest.raises(CorpusError, match="series #1 .from 0. holds NaN"):
         load_ts_file(path, labels=False)
 
 
@@ -217,15 +264,16 @@ def test_forecast_values_past_float32_are_refused(tmp_path):
 
 @pytest.mark.parametrize("damage, fragment", [
     (lambda tsv: tsv.unlink(), "train.tsv is missing"),
-    (lambda tsv: tsv.write_text(tsv.read_text() + "a line with no tabs\n"), "line 601: 1 tab-separated fields"),
+    (lambda tsv: tsv.write_text(tsv.read_text() + "a line with no tabs\n"), "line {last}: 1 tab-separated fields"),
     (lambda tsv: tsv.write_bytes(tsv.read_bytes() + b"x\t\xff\xfe\ty\n"), "not UTF-8"),
 ])
 def test_a_damaged_recognition_dataset_is_one_line(hw_dataset, tmp_path, capsys, damage, fragment):
     data = tmp_path / "data"
     shutil.copytree(hw_dataset, data)
+    last = len((data / "train.tsv").read_text().splitlines()) + 1  # the line a damage appends
     damage(data / "train.tsv")
     code, _, err = run(capsys, "recognize", "train", "--data", data, "--out", tmp_path / "run", "--max-steps", 1)
-    assert_user_error(code, err, fragment, "build it again")
+    assert_user_error(code, err, fragment.format(last=last), "build it again")
     assert not (tmp_path / "run" / MODEL).exists()
 
 

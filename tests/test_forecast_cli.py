@@ -68,12 +68,19 @@ def test_train_eval_predict(tmp_path, capsys, csv_series):
     (["forecast", "train", "--data", "{csv}", "--mode", "autoregressive", "--covariates", "temp"], "direct"),
     (["forecast", "train", "--data", "{csv}", "--target", "price"], "no column 'price'"),
     (["forecast", "train", "--data", "{csv}", "--period", "100000"], "--period 100000 needs more than"),
-    (["forecast", "train", "--data", "airline", "--mase-period", "120"], "airline leaves 120 before its test"),
 ])
 def test_errors_are_one_line(tmp_path, capsys, csv_series, argv, fragment):
     code, _, err = run(capsys, *[a.replace("{csv}", str(csv_series)) for a in argv], "--out", tmp_path / "r")
     assert code == 2
     assert fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_season_the_training_part_cannot_hold(tmp_path, capsys):
+    pytest.importorskip("aeon", reason="the airline series ships with the classical extra (aeon)")
+    code, _, err = run(capsys, "forecast", "train", "--data", "airline", "--mase-period", "120",
+                       "--out", tmp_path / "r")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--mase-period 120 needs more than that many training steps, and airline leaves 120" in err
 
 
 def test_eval_of_a_missing_run(tmp_path, capsys):

@@ -38,6 +38,13 @@ def test_csv_without_header_whose_first_column_is_a_date(tmp_path):
     assert s.values[:, 0].tolist() == [100.5, 101.5, 99.0] and s.columns == ["2"]
 
 
+def test_csv_header_that_names_the_value_column_with_a_number(tmp_path):
+    """pandas writes a Series as ``date,0``: "date" has no digit over "1949-01", which has some — a header."""
+    path = write(tmp_path, "date,0\n1949-01,112\n1949-02,118\n1949-03,132\n")
+    s = read_csv_series(path)
+    assert s.values[:, 0].tolist() == [112, 118, 132] and s.columns == ["0"]
+
+
 @pytest.mark.parametrize("text, kwargs, fragment", [
     ("", {}, "empty"),
     ("a,b\n1,2\n3,4\n5,6\n", {"target": "c"}, "no column 'c'"),

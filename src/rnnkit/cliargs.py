@@ -8,7 +8,7 @@ import math
 import typing
 from pathlib import Path
 
-SEED_MAX = 2**32 - 1  # what every generator takes (numpy's, torch's, the web API's)
+SEED_MAX = 2**63 - 1  # the web API's bound too, so any sample it served can be drawn again with `rnnkit sample`
 
 
 class Parser(argparse.ArgumentParser):
@@ -34,7 +34,7 @@ def finite_float(text: str) -> float:
 
 
 def seed(text: str) -> int:
-    """A random seed: an integer in 0..2**32-1."""
+    """A random seed: an integer in 0..2**63-1 (torch's generators take up to 2**64-1, numpy's any size)."""
     try:
         value = int(text)
     except ValueError:

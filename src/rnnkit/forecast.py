@@ -92,7 +92,7 @@ def resolve_data(dc: ForecastDataConfig) -> tuple[ForecastDataConfig, Series]:
                           "scored on one forecast — raise --horizon or lower --test-size")
     steps = len(series.values) - out.test_size  # the training part: the seasonal scales are fitted on it
     for name in ("period", "mase_period"):
-        if getattr(out, name) >= steps:
+        if 0 < steps <= getattr(out, name):  # steps <= 0: split_series says the test part is too long
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(out, name)} needs more than that many training "
                               f"steps, and {series.name} leaves {steps} before its test part — lower it")
     return out, series

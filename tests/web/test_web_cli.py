@@ -31,7 +31,7 @@ def test_visualize_lists_units(tiny_run, capsys):
     (["--text", "abc", "--unit", 1, "--layer", 5], ["layer must be in 0..1"]),
     (["--text", "ab\x01", "--unit", 1], ["vocabulary"]),
     (["--text", "abc", "--unit", 1, "--out", "x.jpg"], [".png"]),
-    (["--text", "abc", "--unit", 1, "--out", "/nonexistent/dir/x.png"], ["not a directory"]),
+    (["--text", "abc", "--unit", 1, "--out", "/nonexistent/dir/x.png"], ["does not exist", "create it first"]),
     (["--text", "a" * 5001, "--unit", 1], ["at most 5000"]),
     (["--text", "abc", "--unit", 1, "--width", 0], ["--width"]),
     (["--text", "abc", "--unit", 1, "--state", "q"], ["--state"]),

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `rnnkit sample ... | head`
         return 0
     except OSError as e:  # a path the system refuses: read-only, full, a directory where a file goes, ...
+        if e.filename is None and e.filename2 is None:
+            raise  # not about a path the user gave (out of memory, a socket): the traceback says more
         print(f"error: {_os_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -69,9 +71,7 @@ def _os_message(e: OSError) -> str:
     """One line for an OSError: the path the user named (the target of a rename, not its temporary file), why the
     system refused it, and what to do."""
     where = e.filename2 if e.filename2 is not None else e.filename
-    reason = e.strerror or str(e)
-    return (f"{where}: {reason} — check the path, its permissions and the free space" if where is not None
-            else f"{reason} — check the paths given, their permissions and the free space")
+    return f"{where}: {e.strerror or e} — check the path, its permissions and the free space"
 
 
 if __name__ == "__main__":

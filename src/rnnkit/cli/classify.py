@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, start_run, stopped
+from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, start_run, stdin_lines, stopped
 from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -207,22 +206,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # -- predict -------------------------------------------------------------------------------------------------
-def _stdin_text() -> str:
-    """stdin as UTF-8 text, checked as training files are: the locale may decode it leniently, and a binary or
-    Latin-1 stream would be classified line by line as if it were text."""
-    stream = getattr(sys.stdin, "buffer", None)
-    if stream is None:  # already text (a StringIO)
-        return sys.stdin.read()
-    raw = stream.read()
-    if b"\0" in raw:
-        raise CorpusError("stdin is binary (it contains NUL bytes) — pipe text, one input per line")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"stdin is not UTF-8 (bad byte at offset {e.start}) — convert it first, e.g. "
-                          "`iconv -f latin1 -t utf-8`") from None
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -242,7 +225,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         if args.file is not None:
             raise ConfigError("this run classifies text — pass texts as arguments or on stdin, not --file")
-        names = args.inputs or [ln.rstrip("\r") for ln in _stdin_text().split("\n") if ln.strip()]
+        names = args.inputs or stdin_lines()
         series = [vocab.encode(t) for t in names]
         empty = [t for t, s in zip(names, series, strict=True) if len(s) == 0]
         if empty:

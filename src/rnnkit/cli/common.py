@@ -63,12 +63,13 @@ def resumed_config(args: argparse.Namespace, kind: str, data_flags: tuple[str, .
 
 def new_run_dir(args: argparse.Namespace, prefix: str = "") -> Path:
     """``--out``, or ``runs/[<prefix>-]<date-time>``. Refused: a directory that already holds a run, a file, and a
-    non-empty directory with no config.json (a run started there writes ``metrics.csv``, ``loss.png`` and its
-    checkpoints, over whatever has those names — a dataset's or the user's own files). A run that stopped before
-    its first checkpoint (config.json, perhaps metrics rows) is started again."""
+    directory with no config.json that holds a file a run writes (``metrics.csv``, ``loss.png``, a checkpoint):
+    the user's or a dataset's own, which the run would write over. Other files (``train.log`` that the shell made
+    for the run's output) are left beside it. A run that stopped before its first checkpoint (config.json,
+    perhaps metrics rows) is started again."""
     import time
 
-    from rnnkit.checkpoint import CONFIG, MODEL, TRAINER_STATE
+    from rnnkit.checkpoint import BEST, CONFIG, MODEL, TRAINER_STATE
     from rnnkit.errors import ConfigError
 
     run_dir = args.out or Path("runs") / time.strftime(f"{prefix}-%Y%m%d-%H%M%S" if prefix else "%Y%m%d-%H%M%S")
@@ -77,10 +78,31 @@ def new_run_dir(args: argparse.Namespace, prefix: str = "") -> Path:
                           "or choose another --out")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is a file — choose a directory for --out")
-    # a dot-file may be another process's atomic write in flight (torchrun's rank 0 writing config.json)
-    foreign = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) \
-        if run_dir.is_dir() and not (run_dir / CONFIG).exists() else []
-    if foreign:
-        raise ConfigError(f"{run_dir} already holds files that are not a run ({', '.join(foreign[:3])}"
-                          f"{', ...' if len(foreign) > 3 else ''}) — choose a new or empty directory for --out")
+    ours = [n for n in (BEST, "loss.png", "metrics.csv") if (run_dir / n).exists()]
+    if ours and not (run_dir / CONFIG).exists():
+        raise ConfigError(f"{run_dir} holds {', '.join(ours)} but no run — a run there would write over them; choose "
+                          "a new or empty directory for --out")
     return run_dir
+
+
+def stdin_text() -> str:
+    """stdin as UTF-8 text, checked as input files are: the locale may decode it leniently (surrogateescape under
+    C), and a binary or Latin-1 stream would then be read line by line as if it were text."""
+    from rnnkit.errors import CorpusError
+
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # already text (a StringIO)
+        return sys.stdin.read()
+    raw = stream.read()
+    if b"\0" in raw:
+        raise CorpusError("stdin is binary (it contains NUL bytes) — pipe text, one input per line")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"stdin is not UTF-8 (bad byte at offset {e.start}) — convert it first, e.g. "
+                          "`iconv -f latin1 -t utf-8`") from None
+
+
+def stdin_lines() -> list[str]:
+    """The non-blank lines of stdin (``stdin_text``), line ends stripped."""
+    return [ln.rstrip("\r") for ln in stdin_text().split("\n") if ln.strip()]

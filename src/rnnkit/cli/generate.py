@@ -59,7 +59,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed, help="random seed, for reproducible samples")
     p.add_argument("--midi", type=output_file(".mid", ".midi"),
                    metavar="FILE", help="music: write the first sample as MIDI")
-    p.add_argument("--musicxml", type=output_file(".musicxml", ".xml"),
+    p.add_argument("--musicxml", type=output_file(".musicxml", ".xml", ".mxl"),
                    metavar="FILE", help="music: write the first sample as MusicXML")
     p.add_argument("--piano-roll", type=output_file(".png"),
                    metavar="FILE", help="music: draw the first sample as a PNG")

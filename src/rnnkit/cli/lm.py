@@ -89,10 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             what = ", ".join("--" + k.replace("_", "-") for k in changed) or "--data"
             raise ConfigError(f"{what} cannot change when resuming — resume without it, or start a new --out")
         train_config = TrainConfig(**{**config["train"], **train_flags})
-        path = Path(config["data"]["path"])
-        if not path.exists() or sha256_file(path) != config["data"]["sha256"]:
-            raise RnnkitError(f"the corpus {path} is missing or changed since the run started — restore it "
-                              "to resume, or start a new --out")
+        path = _trained_on(config, "restore it to resume, or start a new --out")
         vocab = CharVocab.from_dict(config["vocab"])
         ids = encode_file(path, vocab)
         model = build_model(config)
@@ -231,19 +228,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dynamic = DynamicConfig(**given) if args.dynamic else None  # bad settings fail before the model loads
     device = resolve_device(args.device)
     model, vocab, config = load_run(args.run_dir, args.weights, device)
-    trained_on = _trained_on(config) if args.data is None or dynamic is not None else None
+    trained_on = None
+    if args.data is None:
+        trained_on = _trained_on(config, "restore it, or name a text with --data to score the model on it")
+    elif dynamic is not None:
+        trained_on = _trained_on(config, "restore it: --dynamic reads its training part for the gradient scale")
     path = resolve_corpus(args.data)[0] if args.data is not None else trained_on
     ids = encode_file(path, vocab)
     tokens = split_tokens(ids)[1] if args.split == "val" else ids
     if len(tokens) < 2:
         raise CorpusError(f"{path} is too short to evaluate — pass a larger corpus")
+    if dynamic is not None and dynamic.window >= len(tokens) - 1:  # one window: scored before any step
+        raise ConfigError(f"--dynamic-window {dynamic.window} covers the whole text ({len(tokens):,} characters), "
+                          "so the model would never adapt — pass a smaller window, such as 50")
     loss = evaluate(model, tokens, config["train"]["eval_streams"], device)
     result = {"val_loss": loss, "bpc": loss / math.log(2), "characters": int(len(tokens)) - 1,
               "data": str(path), "split": args.split, "weights": args.weights}
     if dynamic is not None:
-        if dynamic.window >= len(tokens) - 1:  # one window: scored before any step, so nothing would adapt
-            raise ConfigError(f"--dynamic-window {dynamic.window} covers the whole text ({len(tokens):,} characters), "
-                              "so the model would never adapt — pass a smaller window, such as 50")
         train_ids = ids if path == trained_on else encode_file(trained_on, vocab)  # read the corpus once
         result["dynamic"] = _dynamic(model, tokens, split_tokens(train_ids)[0], device, dynamic)
     if args.json:
@@ -259,18 +260,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _trained_on(config: dict) -> Path:
+def _trained_on(config: dict, fix: str) -> Path:
     """The corpus the run trained on: its recorded path, or its source found again ('shakespeare', 'builtin'),
-    checked against the recorded checksum — a changed file would put training text in the validation part."""
+    checked against the recorded checksum (a changed file would put training text in the validation part, or
+    resume on other data); ``fix`` ends the error."""
     from rnnkit.data import resolve_corpus
     from rnnkit.data.datasets import sha256_file
 
     path = Path(config["data"]["path"])
-    path = path if path.exists() else resolve_corpus(config["data"]["source"])[0]
+    if not path.exists():
+        try:
+            path = resolve_corpus(config["data"]["source"])[0]
+        except RnnkitError:
+            raise RnnkitError(f"the corpus the run trained on ({path}) is gone — {fix}") from None
     recorded = config["data"].get("sha256")
     if recorded is not None and sha256_file(path) != recorded:
-        raise RnnkitError(f"{path} is not the corpus the run trained on (its checksum differs) — restore that "
-                          "corpus, or name a text with --data to score the model on it")
+        raise RnnkitError(f"{path} is not the corpus the run trained on (its checksum differs) — {fix}")
     return path
 
 

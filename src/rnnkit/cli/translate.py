@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
+from rnnkit.cli.common import (
+    add_load_args,
+    add_run_args,
+    info,
+    new_run_dir,
+    resumed_config,
+    start_run,
+    stdin_lines,
+    stopped,
+)
 from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError
 
@@ -147,7 +155,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if args.beam < 1:
         raise ConfigError(f"--beam must be >= 1 (got {args.beam}) — 1 is greedy")
     model, src, tgt, _ = _load(args)
-    sentences = args.inputs or [ln.rstrip("\r\n") for ln in sys.stdin if ln.strip()]
+    sentences = args.inputs or stdin_lines()
     if not sentences:
         raise ConfigError("nothing to translate — pass Spanish sentences as arguments or lines on stdin")
     ids = [src.encode(s) for s in sentences]

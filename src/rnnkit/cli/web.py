@@ -9,6 +9,7 @@ import socket
 from pathlib import Path
 
 from rnnkit.cli.common import add_load_args, info
+from rnnkit.cliargs import output_file
 from rnnkit.errors import ConfigError, RnnkitError
 
 MAX_CONNECTIONS = 1024  # uvicorn answers 503 beyond this many open connections: the hard cap under any load
@@ -36,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unit", type=int, help="the unit to colour by, 0..H-1")
     p.add_argument("--layer", type=int, help="the layer, 0..L-1 (default: the last)")
     p.add_argument("--state", choices=("h", "c"), default="h", help="h: the layer's output (default); c: LSTM cell")
-    p.add_argument("--out", type=Path, help="PNG to write (default: unit-L-S-N.png)")
+    p.add_argument("--out", type=output_file(".png"), help="PNG to write (default: unit-L-S-N.png)")
     p.add_argument("--width", type=int, default=80, help="characters per line before wrapping (default: 80)")
     p.add_argument("--list-units", action="store_true",
                    help="print, as JSON, the units that track simple features of TEXT best, and draw nothing "
@@ -113,10 +114,6 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     layer = tr.h.shape[0] - 1 if args.layer is None else args.layer
     values = tr.unit(layer, args.state, args.unit)
     out = args.out or Path(f"unit-{layer}-{args.state}-{args.unit}.png")
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"--out {out} is not a .png file — name it FILE.png")
-    if not out.parent.is_dir():
-        raise ConfigError(f"{out.parent} is not a directory — create it or choose another --out")
     title = f"{args.run_dir.resolve().name}: layer {layer} {args.state}[{args.unit}]"
     plot_unit(args.text, values, colour_scale(values, args.state), out, title, args.width)
     info(f"wrote {out}")

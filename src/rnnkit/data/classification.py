@@ -146,8 +146,8 @@ def _load_texts(spec: ClassificationSpec, vocab: TokenVocab | None, classes: lis
     if vocab is None:
         vocab = TokenVocab.build([texts[i] for i in fit_idx], spec.tokens, spec.min_count)
         if len(vocab.tokens) <= 2 and spec.min_count > 1:  # only <pad> and <unk>: every input reads the same
-            raise CorpusError(f"no {spec.tokens} token occurs {spec.min_count} times in the training texts, so every "
-                              "text would read as <unk> — lower --min-count")
+            raise CorpusError(f"no {spec.tokens} token occurs at least {spec.min_count} times in the training texts, "
+                              "so every text would read as <unk> — lower --min-count")
     encoded = [vocab.encode(t) for t in texts]
     empty = [texts[i] for i, e in enumerate(encoded) if len(e) == 0]
     if empty:

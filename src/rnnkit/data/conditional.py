@@ -228,7 +228,7 @@ def _load_digits(spec: GenerationSpec, vocab) -> GenerationData:
     digits = load_digits()
     images, y = digits.data.astype(np.float32), digits.target
     rest, test = train_test_split(np.arange(len(y)), test_size=spec.test_fraction, stratify=y,
-                                  random_state=spec.split_seed)
+                                  random_state=spec.split_seed % 2**32)  # scikit-learn takes 32-bit seeds
     fit, val = stratified_split(y[rest], spec.val_fraction, spec.split_seed + 1)
     parts = (np.sort(rest[fit]), np.sort(rest[val]), np.sort(test))
     seqs = [list(DIGIT_WORDS[d]) for d in y]

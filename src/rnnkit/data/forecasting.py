@@ -96,9 +96,9 @@ def load_series(source: str, target: str | None = None, covariates: list[str] | 
 def read_csv_series(path: str | Path, target: str | None = None, covariates: list[str] | None = None) -> Series:
     """A series from a CSV file, one row per step in time order.
 
-    With a header row (detected: a field that is not a number above one that is), ``target`` and ``covariates``
-    name columns; without one they are 1-based column numbers ("2"). The target defaults to the last column; other
-    columns (e.g. a date) are ignored unless named as covariates. Every used cell must be a finite number.
+    With a header row (detected by ``_is_header``), ``target`` and ``covariates`` name columns; without one they
+    are 1-based column numbers ("2"). The target defaults to the last column; other columns (e.g. a date) are
+    ignored unless named as covariates. Every used cell must be a finite number.
     """
     path = Path(path)
     try:
@@ -112,9 +112,7 @@ def read_csv_series(path: str | Path, target: str | None = None, covariates: lis
     rows = [r for r in csv.reader(io.StringIO(text)) if any(c.strip() for c in r)]
     if not rows:
         raise CorpusError(f"{path} is empty — pass a CSV file with one row per step")
-    # a header names columns that hold numbers below it: a first row of a date and numbers is data, not a header
-    has_header = any(not _is_number(a) and _is_number(b) for a, b in zip(rows[0], rows[1], strict=False)) \
-        if len(rows) > 1 else not all(_is_number(c) for c in rows[0] if c.strip())
+    has_header = _is_header(rows[0], rows[1]) if len(rows) > 1 else not all(_is_number(c) for c in rows[0] if c.strip())
     header = [c.strip() for c in rows[0]] if has_header else [str(i + 1) for i in range(len(rows[0]))]
     body = rows[1:] if has_header else rows
     names = [target or header[-1], *(covariates or [])]
@@ -146,6 +144,17 @@ def read_csv_series(path: str | Path, target: str | None = None, covariates: lis
     if len(values) < 3:
         raise CorpusError(f"{path} holds {len(values)} rows — a series to forecast needs many more")
     return Series(path.stem, values, [header[c] for c in cols])
+
+
+def _is_header(first: list[str], second: list[str]) -> bool:
+    """A header names its columns: some field of the first row is not a number while the one below it is
+    ("sales" over "112"), or has no digit while the one below has some ("date" over "1949-01"). A first row of a
+    date and numbers ("2020-01-01,100.8") is data; so is a header that names every column with a number."""
+    def digits(cell: str) -> bool:
+        return any(ch.isdigit() for ch in cell)
+
+    return any(not _is_number(a) and (_is_number(b) or not digits(a) and digits(b))
+               for a, b in zip(first, second, strict=False))
 
 
 def _is_number(cell: str) -> bool:

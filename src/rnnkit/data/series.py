@@ -70,7 +70,7 @@ def load_ts_file(path: str | Path, labels: bool = True) -> tuple[list[np.ndarray
     sequences = _as_steps(X)
     bad = next((i for i, s in enumerate(sequences) if not np.isfinite(s).all()), None)
     if bad is not None:
-        raise CorpusError(f"{path}: series {bad} holds NaN or infinite values — fill or drop them first")
+        raise CorpusError(f"{path}: series #{bad} (from 0) holds NaN or infinite values — fill or drop them first")
     if not labels:
         return sequences, None
     if y is None or len(y) == 0:

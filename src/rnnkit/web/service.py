@@ -13,12 +13,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from rnnkit.cliargs import SEED_MAX
 from rnnkit.errors import ConfigError, RnnkitError
 from rnnkit.generate import check_sampling, generate
 from rnnkit.inspect_units import Trace, check_inspectable, colour_scale, rank_units, trace_text
 from rnnkit.nn.cells import LSTMCell
 
-MAX_SEED = 2**63 - 1
+MAX_SEED = SEED_MAX
 
 
 class Busy(RnnkitError):
