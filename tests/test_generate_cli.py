@@ -111,6 +111,8 @@ def test_train_errors(argv, fragments, tmp_path, capsys):
     (["--label", "Italian", "--midi", "x.mid"], ["bach-chorales"]),
     (["--label", "Italian", "--opening", "test"], ["--opening", "bach-chorales"]),
     (["--label", "Italian", "--beam", "0"], ["--beam"]),
+    (["--label", "Italian", "--beam", "3", "--temperature", "0.5"], ["--temperature", "--beam"]),
+    (["--label", "Italian", "--beam", "3", "--top-k", "5"], ["--top-k", "--beam"]),
     (["--label", "Italian", "--temperature", "-1"], ["temperature"]),
 ])
 def test_sample_errors(names_run, flags, fragments, capsys):

@@ -51,10 +51,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "first held-out one)")
     p.add_argument("--num-samples", type=int, default=5, help="samples to draw (default: 5)")
     p.add_argument("--max-length", type=int, help="new tokens at most (default: 40 text, 12 digits, 400 music)")
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy; higher = more varied (default: 0.8)")
+    p.add_argument("--temperature", type=float, help="0 = greedy; higher = more varied (default: 0.8)")
     p.add_argument("--top-k", type=int, help="sample only from the K most likely tokens")
     p.add_argument("--top-p", type=float, help="sample only from the smallest set with probability >= P")
-    p.add_argument("--beam", type=int, metavar="K", help="beam search: the K most likely sequences instead")
+    p.add_argument("--beam", type=int, metavar="K", help="beam search: the K most likely sequences instead "
+                                                        "(no sampling: not with --temperature, --top-k, --top-p)")
     p.add_argument("--alpha", type=float, default=0.0, help="beam length penalty ((5+len)/6)^alpha (default: 0)")
     p.add_argument("--seed", type=seed, help="random seed, for reproducible samples")
     p.add_argument("--midi", type=output_file(".mid", ".midi"),
@@ -155,6 +156,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     kind = _kind_of(args)
     max_length = args.max_length if args.max_length is not None else MAX_LENGTH[kind]
+    sampling = [f for f in ("temperature", "top_k", "top_p") if getattr(args, f) is not None]
+    if args.beam is not None and sampling:
+        flag = "--" + sampling[0].replace("_", "-")
+        raise ConfigError(f"{flag} shapes sampling, and --beam searches instead of sampling — drop one of them")
+    args.temperature = 0.8 if args.temperature is None else args.temperature
     check_sampling(args.temperature, args.top_k, args.top_p, max_length, args.num_samples)
     if args.beam is not None and args.beam < 1:
         raise ConfigError(f"--beam must be >= 1 (got {args.beam}) — e.g. --beam 5")

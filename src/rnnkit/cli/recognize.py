@@ -61,8 +61,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="with --lm-order: the n-gram also reads the sentences of FILE that the dataset's text split "
                         "puts in its training part (e.g. the corpus the dataset was built from); held-out sentences "
                         "are never read")
-    p.add_argument("--lm-weight", type=float, default=0.5, help="weight of the language model's log-probability")
-    p.add_argument("--char-bonus", type=float, default=0.0, help="score added per emitted character (with the LM)")
+    p.add_argument("--lm-weight", type=float, help="with --lm-order: weight of the language model's log-probability "
+                                                   "(default: 0.5)")
+    p.add_argument("--char-bonus", type=float, help="with --lm-order: score added per emitted character (default: 0)")
     p.add_argument("--examples", type=int, default=5, help="transcripts to print with their references")
     p.add_argument("--png", type=output_file(".png"),
                    metavar="FILE", help="draw the first scored line with its best path")
@@ -216,8 +217,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"the dataset in {root} has another alphabet than the model — score it on the dataset "
                           "it was trained on")
     lm = None
-    if args.lm_text and not args.lm_order:
-        raise ConfigError("--lm-text feeds the language model — give --lm-order too, e.g. --beam 10 --lm-order 5")
+    for flag in ("lm_text", "lm_weight", "char_bonus"):
+        if getattr(args, flag) is not None and not args.lm_order:
+            raise ConfigError(f"--{flag.replace('_', '-')} shapes the language model — give --lm-order too, e.g. "
+                              "--beam 10 --lm-order 5")
+    args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
+    args.char_bonus = 0.0 if args.char_bonus is None else args.char_bonus
     if args.lm_order:
         if args.lm_order < 1 or args.beam < 2:
             raise ConfigError(f"--lm-order {args.lm_order} needs --lm-order >= 1 and --beam >= 2 — e.g. --beam 10 "
