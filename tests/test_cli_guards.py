@@ -303,3 +303,11 @@ def test_a_series_label_the_header_does_not_declare_is_refused(tmp_path):
     path.write_text(path.read_text().replace("@classLabel true a b", "@classLabel true a"))
     with pytest.raises(CorpusError, match="labels series 'b', which its '@classLabel' line does not declare"):
         load_ts_file(path)
+
+
+def test_recognize_predict_will_not_draw_over_its_input(fake_run, tmp_path, capsys):
+    line = tmp_path / "line.png"
+    line.write_bytes(b"a user's scan")
+    code, _, err = run(capsys, "recognize", "predict", fake_run, line, "--png", line)
+    assert_user_error(code, err, "is one of the inputs")
+    assert line.read_bytes() == b"a user's scan"

@@ -183,6 +183,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from rnnkit.data.recognition import Utterances, featurizer
     from rnnkit.recognize import transcribe
 
+    if args.png is not None and any(p.resolve() == args.png.resolve() for p in args.inputs):
+        raise ConfigError(f"--png {args.png} is one of the inputs — the drawing would replace it; name another file")
     model, alphabet, config, device = _load(args)
     featurize = featurizer(config["data"]["info"])
     frames = []
