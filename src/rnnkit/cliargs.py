@@ -59,7 +59,6 @@ def output_file(*suffixes: str):
             raise argparse.ArgumentTypeError(f"the directory {path.parent} does not exist — create it first")
         return path
 
-    check.__name__ = f"{suffixes[0].lstrip('.')} file"
     return check
 
 
