@@ -25,6 +25,7 @@ import io
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -86,9 +87,11 @@ def wav_frames(source: str | Path | np.ndarray, sample_rate: int = 16000, n_mels
     librosa = _librosa()
     audio = read_audio(source, sample_rate, source_rate)
     n_fft = 1 << (win_length - 1).bit_length()
-    mel = librosa.feature.melspectrogram(y=audio, sr=sample_rate, n_fft=n_fft, hop_length=hop_length,
-                                         win_length=win_length, n_mels=n_mels, fmin=20.0, fmax=sample_rate / 2,
-                                         power=2.0, center=True)
+    with warnings.catch_warnings():  # a sound shorter than n_fft is padded (center=True); the caller judges length
+        warnings.filterwarnings("ignore", message="n_fft=.* is too large for input signal", category=UserWarning)
+        mel = librosa.feature.melspectrogram(y=audio, sr=sample_rate, n_fft=n_fft, hop_length=hop_length,
+                                             win_length=win_length, n_mels=n_mels, fmin=20.0, fmax=sample_rate / 2,
+                                             power=2.0, center=True)
     logmel = librosa.power_to_db(np.maximum(mel, 1e-20), ref=np.max, top_db=TOP_DB).T
     if normalise:
         logmel = (logmel - logmel.mean(axis=0)) / (logmel.std(axis=0) + 1e-5)
