@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TINY_SHAKESPEARE = str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt")
 
 
 def machine() -> dict:

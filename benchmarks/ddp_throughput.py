@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save, table  # noqa: E402
+from common import TINY_SHAKESPEARE, save, table  # noqa: E402
 
 SKIP = 2  # steps left out at the start (allocation, oneDNN's first-call set-up)
 
@@ -49,7 +49,7 @@ def one_run(data: str, nproc: int, steps: int, out: Path, extra: list[str]) -> d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"))
+    parser.add_argument("--data", default=TINY_SHAKESPEARE)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10, help="training steps per run")
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, save, table  # noqa: E402
+from common import TINY_SHAKESPEARE, interleave, save, table  # noqa: E402
 from sampling import sampler  # noqa: E402
 from train_throughput import layer_loop, raw_loop, rnnkit_loop, sync  # noqa: E402
 
@@ -134,7 +134,7 @@ def part_d(ids, V, device):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"))
+    parser.add_argument("--data", default=TINY_SHAKESPEARE)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="training steps per round and variant in (a)")

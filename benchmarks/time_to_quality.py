@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, save, table  # noqa: E402
+from common import RESULTS, TINY_SHAKESPEARE, save, table  # noqa: E402
 
 THRESHOLDS = (1.6, 1.5, 1.47, 1.45, 1.42, 1.4, 1.38)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"))
+    parser.add_argument("--data", default=TINY_SHAKESPEARE)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--config", action="append", default=[], help='NAME=FLAGS, e.g. "fp32=--precision fp32"')
     parser.add_argument("--tag", help="write results/time_to_quality-TAG.json, keeping the untagged file")

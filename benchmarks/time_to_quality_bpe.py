@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import save, table  # noqa: E402
+from common import TINY_SHAKESPEARE, save, table  # noqa: E402
 
 from rnnkit.data import split_tokens  # noqa: E402
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig  # noqa: E402
@@ -45,7 +45,7 @@ def bpe(text: str, train_text: str, vocab: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"))
+    parser.add_argument("--data", default=TINY_SHAKESPEARE)
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--vocab", type=int, default=256, help="BPE vocabulary size")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleave, save, table  # noqa: E402
+from common import TINY_SHAKESPEARE, interleave, save, table  # noqa: E402
 
 from rnnkit.data import build_vocab, encode_file, split_tokens  # noqa: E402
 from rnnkit.models import LanguageModel, LanguageModelConfig  # noqa: E402
@@ -108,7 +108,7 @@ def layer_loop(cell, path, B=32, T=128, H=512, L=2, device="cpu", precision="fp3
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare.txt"))
+    parser.add_argument("--data", default=TINY_SHAKESPEARE)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3, help="training steps per round and variant")
     args = parser.parse_args()
