@@ -1,11 +1,12 @@
 """Time to quality: Tiny Shakespeare validation loss against wall time, for `rnnkit train` configurations.
 
-    python benchmarks/time_to_quality.py --minutes 10 [--config "NAME=FLAGS" ...] [--tag TAG] [--dynamic]
+    python benchmarks/time_to_quality.py --minutes 10 [--config "NAME=FLAGS" ...] [--tag TAG] [--dynamic] [--muon]
 
 Each configuration is one `rnnkit train` run on the whole machine (run them one after another, never in
 parallel); its metrics.csv gives validation loss against elapsed time. Default: the default settings only.
-``--dynamic`` also scores each run's final model by dynamic evaluation (`rnnkit eval --dynamic`, ~2 minutes
-each, after the timed run): a different measure, in its own column.
+``--muon`` runs each through `train_muon.py` instead (Muon on the recurrent matrices; FLAGS may then hold
+``--muon-lr-scale S``). ``--dynamic`` also scores each run's final model by dynamic evaluation (`rnnkit eval
+--dynamic`, ~2 minutes each, after the timed run): a different measure, in its own column.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--config", action="append", default=[], help='NAME=FLAGS, e.g. "fp32=--precision fp32"')
     parser.add_argument("--tag", help="write results/time_to_quality-TAG.json, keeping the untagged file")
     parser.add_argument("--dynamic", action="store_true", help="also the final model's dynamic-evaluation loss")
+    parser.add_argument("--muon", action="store_true", help="train with benchmarks/train_muon.py (Muon + AdamW)")
     args = parser.parse_args()
     configs = dict(c.split("=", 1) for c in args.config) or {"defaults": ""}
     rows, curves = [], {}
@@ -38,7 +40,8 @@ def main() -> None:
         out = RESULTS / "ttq" / name
         if out.exists():
             subprocess.run(["rm", "-rf", str(out)], check=True)
-        cmd = [sys.executable, "-m", "rnnkit", "train", "--data", args.data, "--minutes", str(args.minutes),
+        trainer = [str(Path(__file__).resolve().parent / "train_muon.py")] if args.muon else ["-m", "rnnkit"]
+        cmd = [sys.executable, *trainer, "train", "--data", args.data, "--minutes", str(args.minutes),
                "--out", str(out), "--quiet", "--sample-length", "0", *shlex.split(flags)]
         print("+", " ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True)
