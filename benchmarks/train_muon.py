@@ -72,18 +72,19 @@ class LrScaled:
         return self.group[key]
 
 
+ADAMW = loop.build_optimizer  # the loop's AdamW (groups, betas, weight decay), kept before __main__ replaces it
+
+
 def build_optimizer(scale: float):
     def build(model: torch.nn.Module, config: loop.LoopConfig) -> MuonAdamW:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         hidden = [p for n, p in named if p.dim() == 2 and n.startswith("rnn.")]
         if not hidden:
             raise SystemExit("train_muon.py: the model has no rnn.* weight matrices for Muon")
+        adamw = ADAMW(model, config)  # rnnkit's own, less the weights Muon takes (no step taken yet: no state)
         ids = {id(p) for p in hidden}
-        rest = [p for _, p in named if id(p) not in ids]
-        adamw = torch.optim.AdamW([
-            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay},
-            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
-        ], lr=config.lr, betas=(0.9, 0.99))
+        for group in adamw.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in ids]
         muon = torch.optim.Muon(hidden, lr=config.lr * scale, weight_decay=config.weight_decay,
                                 adjust_lr_fn="match_rms_adamw")
         return MuonAdamW(adamw, muon, scale)
