@@ -242,7 +242,7 @@ def test_switched_off_falls_back_to_torch(fresh_library):
 def test_a_failing_compiler_falls_back(fresh_library, tmp_path):
     fresh_library.setenv("RNNKIT_CACHE", str(tmp_path))
     fresh_library.setenv("CC", "false")
-    assert native.library() is None and "building lstm.c failed" in native.unavailable()
+    assert native.library() is None and "building lstm.c and lnlstm.c failed" in native.unavailable()
     assert list(tmp_path.rglob("*")) == [tmp_path / "native"]  # nothing half-written left behind
 
 
@@ -257,9 +257,9 @@ def test_the_build_is_cached_by_machine_and_source(fresh_library, tmp_path):
     assert native.library() is not None and list((tmp_path / "native").iterdir()) == built
     assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
     assert built[0].stat().st_mode & 0o777 == 0o755  # loadable by whoever shares the cache
-    changed = tmp_path / "lstm.c"
-    changed.write_text(native.SOURCE.read_text() + "\n/* changed */\n")
-    fresh_library.setattr(native, "SOURCE", changed)
+    changed = tmp_path / "lnlstm.c"
+    changed.write_text(native.SOURCES[1].read_text() + "\n/* changed */\n")
+    fresh_library.setattr(native, "SOURCES", (native.SOURCES[0], changed))
     native.library.cache_clear()
     assert native.library() is not None and len(list((tmp_path / "native").iterdir())) == 2  # a new key
 

@@ -1,9 +1,13 @@
 """Native kernels: C compiled on first use by the system's C compiler, loaded with ctypes.
 
-Only for the one place where PyTorch's per-op dispatch is the cost itself: sampling a recurrent language model
-token by token at small batch, where a step is a dozen tiny ops (~3 µs of dispatch each) and torch's int8 matrix
-product spends ~35 µs of fixed cost per call at batch 1 (measured in BENCHMARKS.md). ``lstm.c`` runs a whole step,
-and a whole run of sampled tokens, in one call.
+Only for the two places where PyTorch's per-op overhead is the cost itself:
+- ``lstm.c``: sampling a recurrent language model token by token at small batch, where a step is a dozen tiny ops
+  (~3 µs of dispatch each) and torch's int8 matrix product spends ~35 µs of fixed cost per call at batch 1
+  (measured in BENCHMARKS.md). It runs a whole step, and a whole run of sampled tokens, in one call.
+- ``lnlstm.c``: training a layer-normalised LSTM, which no fused kernel computes. Between two of a step's matrix
+  products (which stay torch's) autograd runs ~30 small ops and passes over memory; it does them in one pass each
+  way (``rnnkit.native.lnlstm``).
+Both build into one library.
 
 The library is built with ``-O3 -march=native`` for this machine and cached under ``$RNNKIT_CACHE`` (default
 ``~/.cache/rnnkit``), keyed by the source, the flags, the compiler and the CPU's feature flags, and written
@@ -24,7 +28,7 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("lstm.c")
+SOURCES = (Path(__file__).with_name("lstm.c"), Path(__file__).with_name("lnlstm.c"))
 # Compiled with -ffast-math (vector expf, reassociated sums) but linked without it: linking with it would add
 # crtfastmath.o, which switches the whole process's floating point to flush denormals to zero when loaded.
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=c11"]
@@ -55,7 +59,8 @@ def _error(stderr: str) -> str:
 
 def _build(compiler: list[str], force: bool = False) -> Path:
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(),
+    texts = [source.read_text() for source in SOURCES]
+    key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version, platform.machine(),
                                     _cpu_flags()]).encode()).hexdigest()[:16]
     out = cache_dir() / f"lstm-{key}.so"
     if out.exists() and not force:
@@ -63,16 +68,18 @@ def _build(compiler: list[str], force: bool = False) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
     os.close(fd)
-    obj = tmp[: -len(".so.tmp")] + ".o"
+    objs = [tmp[: -len(".so.tmp")] + f"-{source.stem}.o" for source in SOURCES]
     try:
-        for argv in ([*compiler, *FLAGS, "-c", str(SOURCE), "-o", obj], [*compiler, "-shared", obj, "-o", tmp, "-lm"]):
+        compile_each = [[*compiler, *FLAGS, "-c", str(source), "-o", obj]
+                        for source, obj in zip(SOURCES, objs, strict=True)]
+        for argv in [*compile_each, [*compiler, "-shared", *objs, "-o", tmp, "-lm"]]:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
             if done.returncode != 0:
                 raise OSError(_error(done.stderr))
         os.chmod(tmp, 0o755)  # mkstemp made it 0600: loadable by whoever shares the cache
         os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
     finally:
-        for path in (tmp, obj):
+        for path in (tmp, *objs):
             if os.path.exists(path):
                 os.unlink(path)
     return out
@@ -99,7 +106,7 @@ def library() -> ctypes.CDLL | None:
         except OSError:  # a cached library that does not load (truncated, or another machine's): build it again
             lib = ctypes.CDLL(str(_build(compiler, force=True)))
     except (OSError, subprocess.SubprocessError) as e:
-        _reason.append(f"building {SOURCE.name} failed: {e}")
+        _reason.append(f"building {' and '.join(s.name for s in SOURCES)} failed: {e}")
         return None
     for name in ("rnnkit_lstm_step", "rnnkit_lstm_generate", "rnnkit_filter_probs"):
         getattr(lib, name).restype = ctypes.c_int

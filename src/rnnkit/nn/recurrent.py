@@ -276,6 +276,8 @@ class Recurrent(nn.Module):
     @staticmethod
     def _run_cell(cell: Cell, x: Tensor, s: State, mask: Tensor | None) -> tuple[Tensor, State]:
         """Loop one cell over time. The input half of every step is computed at once, outside the loop."""
+        if mask is None and (whole := cell.scan(x, s)) is not None:
+            return whole
         # unbind, not gx[:, t]: each indexing op's backward would write a zero (B, T, G*H) gradient per step,
         # O(T^2) memory traffic; unbind's backward stacks the T slices once.
         gxs = cell.input_projection(x).unbind(1)  # T x (B, G*H)
