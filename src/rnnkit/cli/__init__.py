@@ -14,6 +14,7 @@ import sys
 from rnnkit import __version__
 from rnnkit.cliargs import Parser
 from rnnkit.errors import RnnkitError
+from rnnkit.heap import keep_freed_memory
 
 COMMANDS = (
     "rnnkit.cli.lm",  # train, sample, eval
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         setattr(args, where, [*getattr(args, where), *extra])
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    keep_freed_memory()
     try:
         return args.func(args) or 0
     except RnnkitError as e:
