@@ -179,3 +179,17 @@ def test_a_cell_without_biases_matches_too():
     assert len(got_grads) == 11  # eight parameters, x, h0, c0
     for name, w in want_grads.items():
         assert relative(got_grads[name], w) < 5e-5, name
+
+
+def test_the_pool_keeps_at_most_its_limit_and_drops_the_oldest_shapes_first(monkeypatch):
+    monkeypatch.setattr(lnlstm._Pool, "LIMIT", 12 << 10)  # one window's buffers here are ~10 KB
+    cell, x, h0, c0, weights = problem(B=2, T=30, C=6, H=16)
+    (want, _) = run(autograd_loop, cell, x, h0, c0, weights)
+    with torch.no_grad():
+        for T in (30, 29, 28, 30):  # an epoch's short last windows bring new shapes
+            y, _ = cell.scan(x[:, :T], (h0, c0))
+            torch.testing.assert_close(y, want[0][:, :T], rtol=1e-5, atol=1e-5)
+    pool = lnlstm._POOL
+    assert pool.bytes == sum(t.nbytes for kept in pool.free.values() for t in kept) <= 12 << 10
+    assert ((31, 2, 16), torch.float32) in pool.free  # the shape used last is kept
+    assert ((30, 2, 16), torch.float32) not in pool.free  # the 29-step window's, used before it, is gone

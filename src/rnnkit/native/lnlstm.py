@@ -12,6 +12,7 @@ input half, ``LN_ih(x W_ih^T)`` for all T steps at once, on ordinary autograd; t
 from __future__ import annotations
 
 import ctypes
+import threading
 from collections import OrderedDict
 
 import torch
@@ -66,30 +67,33 @@ class _Pool:
     def __init__(self) -> None:
         self.free: OrderedDict[tuple, list[Tensor]] = OrderedDict()
         self.bytes = 0
+        self.lock = threading.Lock()  # a server may run two models' forward passes in two threads
 
     def take(self, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
         key = (shape, dtype)
-        kept = self.free.get(key)
-        if kept:
-            self.free.move_to_end(key)
-            t = kept.pop()
-            self.bytes -= t.nbytes
-            return t
+        with self.lock:
+            kept = self.free.get(key)
+            if kept:
+                self.free.move_to_end(key)
+                t = kept.pop()
+                self.bytes -= t.nbytes
+                return t
         return torch.empty(shape, dtype=dtype)
 
     def give(self, *buffers: Tensor) -> None:
-        for t in buffers:
-            key = (tuple(t.shape), t.dtype)
-            kept = self.free.setdefault(key, [])
-            self.free.move_to_end(key)
-            if any(k.data_ptr() == t.data_ptr() for k in kept):
-                continue
-            kept.append(t)
-            self.bytes += t.nbytes
-        while self.bytes > self.LIMIT:
-            key, kept = next(iter(self.free.items()))
-            self.bytes -= sum(k.nbytes for k in kept)
-            del self.free[key]
+        with self.lock:
+            for t in buffers:
+                key = (tuple(t.shape), t.dtype)
+                kept = self.free.setdefault(key, [])
+                self.free.move_to_end(key)
+                if any(k.data_ptr() == t.data_ptr() for k in kept):
+                    continue
+                kept.append(t)
+                self.bytes += t.nbytes
+            while self.bytes > self.LIMIT:
+                key, kept = next(iter(self.free.items()))
+                self.bytes -= sum(k.nbytes for k in kept)
+                del self.free[key]
 
 
 _POOL = _Pool()
