@@ -7,7 +7,7 @@ weight drop 0.2, AdamW): the fused LSTM; the layer-normalised LSTM on its compil
 and the same LN-LSTM on autograd's loop over its cell (RNNKIT_NATIVE=0). Each with glibc's default heap and with
 ``rnnkit.heap.keep_freed_memory`` (what the command line sets). The heap is a per-process setting, so every
 variant runs in a fresh process each round; rounds rotate the order. Reports the median over rounds and the ratio
-to the fused LSTM with the default heap, from this run.
+to the fused LSTM with the default heap, from this run, and each process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ for _ in range(2):
 faults, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
 for _ in range(steps):
     step()
-print(json.dumps({"s": (time.perf_counter() - t0) / steps, "tuned": tuned,
-                  "faults": (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / steps}))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"s": (time.perf_counter() - t0) / steps, "tuned": tuned, "faults": (usage.ru_minflt - faults) / steps,
+                  "peak_rss_mib": usage.ru_maxrss / 1024}))
 """
 
 VARIANTS = {  # name: (cell, RNNKIT_NATIVE, keep the heap)
@@ -79,8 +80,9 @@ def main() -> None:
     for name in names:
         s = statistics.median(run["s"] for run in runs[name])
         rows.append({"variant": name, "s/step": s, "tokens/s": 64 * 128 / s, "vs lstm default heap": base / s,
-                     "page faults/step": statistics.median(run["faults"] for run in runs[name])})
-    print(table(rows, ["variant", "s/step", "tokens/s", "vs lstm default heap", "page faults/step"]))
+                     "page faults/step": statistics.median(run["faults"] for run in runs[name]),
+                     "peak RSS MiB": statistics.median(run["peak_rss_mib"] for run in runs[name])})
+    print(table(rows, ["variant", "s/step", "tokens/s", "vs lstm default heap", "page faults/step", "peak RSS MiB"]))
     print("wrote", save("train_step", {"rounds": args.rounds, "steps": args.steps, "rows": rows, "runs": runs}))
 
 

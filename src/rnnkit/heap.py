@@ -4,14 +4,14 @@ glibc's malloc serves a large block with a fresh ``mmap`` and unmaps it when it 
 128 KB and adapts upward as such blocks are freed, but never past 32 MB. A training step allocates and frees
 many larger blocks (a window's activations, gradients and work buffers are 16-64 MB each), so every step maps
 fresh pages again, and the first write to each 4 KB page faults. Measured on the 2-core machine (BENCHMARKS.md,
-"The layer-normalised LSTM, and the heap"): the fused 2x512 LSTM's training step took 0.521 s against 0.613 s
-with glibc's defaults (9 page faults per step against 86,728); the layer-normalised LSTM's 0.673 s against
-0.915 s.
+"The layer-normalised LSTM, and the heap"): the fused 2x512 LSTM's training step took 0.488 s against 0.603 s
+with glibc's defaults (4 page faults per step against 86,402); the layer-normalised LSTM's 0.658 s against 0.850 s.
 
 ``keep_freed_memory`` raises the mmap threshold to 1 GiB and the trim threshold to 2 GiB, so freed blocks stay
 in the heap for the next step: the effect PyTorch's CPU tuning guides get by preloading jemalloc or tcmalloc.
-Resident memory then stays at the step's peak between steps rather than falling back; the peak itself is
-unchanged. The command line calls it once per process; a program that uses rnnkit as a library decides for
+Resident memory then stays at its peak between steps, and the peak grows, since a freed block that the next
+allocation does not fit stays in the heap: 801 MiB against 638 for that LSTM, 1,127 against 1,025 for the LN-LSTM.
+The command line calls it once per process; a program that uses rnnkit as a library decides for
 itself. ``RNNKIT_KEEP_HEAP=0`` turns it off.
 """
 
