@@ -67,9 +67,10 @@ def relative(a, b):
 
 def test_the_cell_takes_the_native_path_on_fp32_cpu_tensors():
     cell, x, h0, c0, _ = problem()
-    assert lnlstm.available(x, h0, cell.weight_hh)
+    assert lnlstm.available(16, x, h0, cell.weight_hh)
     assert cell.scan(x, (h0, c0)) is not None
-    assert not lnlstm.available(x.double(), h0.double(), cell.weight_hh.double())
+    assert not lnlstm.available(16, x.double(), h0.double(), cell.weight_hh.double())
+    assert not lnlstm.available(lnlstm.MAX_HIDDEN + 1, x, h0, cell.weight_hh)
     assert cell.double().scan(x.double(), (h0.double(), c0.double())) is None  # float64: autograd's loop
 
 
@@ -115,7 +116,7 @@ def test_the_layer_gives_the_same_results_with_and_without_the_kernels(monkeypat
     monkeypatch.setattr(lnlstm, "scan", lambda *a: calls.append(1) or scan(*a))
     y_native, g_native = grads()
     assert len(calls) == 2  # one window per layer
-    monkeypatch.setattr(lnlstm, "available", lambda *tensors: False)
+    monkeypatch.setattr(lnlstm, "available", lambda *args: False)
     y_loop, g_loop = grads()
     assert len(calls) == 2
     torch.testing.assert_close(y_native, y_loop, rtol=1e-5, atol=1e-5)
@@ -193,3 +194,19 @@ def test_the_pool_keeps_at_most_its_limit_and_drops_the_oldest_shapes_first(monk
     assert pool.bytes == sum(t.nbytes for kept in pool.free.values() for t in kept) <= 12 << 10
     assert ((31, 2, 16), torch.float32) in pool.free  # the shape used last is kept
     assert ((30, 2, 16), torch.float32) not in pool.free  # the 29-step window's, used before it, is gone
+
+
+def test_saturated_gates_stay_finite():
+    """Pre-activations far past where sigmoid and tanh saturate (the kernel's expf would overflow unclamped)."""
+    cell, x, h0, c0, weights = problem(B=3, T=6, C=6, H=16)
+    with torch.no_grad():
+        cell.ln_ih.weight.fill_(300.0)
+        cell.ln_c.weight.fill_(300.0)
+    (want, want_grads) = run(autograd_loop, cell, x, h0, c0, weights)
+    (got, got_grads) = run(lambda c, x, s: c.scan(x, s), cell, x, h0, c0, weights)
+    for w, g in zip(want, got, strict=True):
+        assert torch.isfinite(g).all()
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    for name, w in want_grads.items():
+        assert torch.isfinite(got_grads[name]).all(), name
+        assert relative(got_grads[name], w) < 1e-3, name  # gains of 300 magnify rounding

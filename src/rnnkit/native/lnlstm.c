@@ -36,10 +36,18 @@ static inline uint16_t bf16_round(float f) {
     return (uint16_t)(u >> 16);
 }
 
-static inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+/* Clamped, as in lstm.c, so that expf never overflows: with -ffast-math, 1 / (1 + inf) may be a reciprocal
+ * estimate refined by a Newton step, which turns inf into NaN. sigmoid(40) is 1 in float, sigmoid(-40) 4e-18. */
+static inline float sigmoid(float x) {
+    x = fminf(fmaxf(x, -40.0f), 40.0f);
+    return 1.0f / (1.0f + expf(-x));
+}
 
-/* tanh through expf, which the compiler vectorises: exact at both ends (inf -> 1, 0 -> -1) */
-static inline float tanh_(float x) { return 1.0f - 2.0f / (1.0f + expf(2.0f * x)); }
+/* tanh through expf, which the compiler vectorises; tanh(20) is 1 in float */
+static inline float tanh_(float x) {
+    x = fminf(fmaxf(x, -20.0f), 20.0f);
+    return 1.0f - 2.0f / (1.0f + expf(2.0f * x));
+}
 
 /* x (n) -> its normalised values in out, returns rstd */
 static float layer_norm(const float *x, int64_t n, float eps, float *out) {

@@ -39,9 +39,12 @@ def _kernels():
     return lib
 
 
-def available(*tensors: Tensor) -> bool:
-    """Whether ``scan`` can run on these tensors: the kernels built, and every tensor an fp32 one on the CPU."""
-    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+MAX_HIDDEN = 1 << 16  # the backward kernel keeps three rows of H floats on its stack
+
+
+def available(hidden_size: int, *tensors: Tensor) -> bool:
+    """Whether ``scan`` can run: the kernels built, every tensor an fp32 one on the CPU, and H <= ``MAX_HIDDEN``."""
+    return (hidden_size <= MAX_HIDDEN and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and _kernels() is not None)
 
 

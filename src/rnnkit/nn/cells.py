@@ -231,7 +231,8 @@ class LayerNormLSTMCell(LSTMCell):
             return None
         from rnnkit.native import lnlstm  # the native layer loads (and may compile) only when it is used
 
-        if not lnlstm.available(x, *state, self.weight_ih, self.weight_hh, self.ln_hh.weight, self.ln_c.weight):
+        if not lnlstm.available(self.hidden_size, x, *state, self.weight_ih, self.weight_hh, self.ln_hh.weight,
+                                self.ln_c.weight):
             return None
         # every constant added to a step's pre-activations in one vector, which the kernel adds in its pass
         shift = self.ln_hh.bias
