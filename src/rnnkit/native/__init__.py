@@ -86,6 +86,12 @@ def _build(compiler: list[str], force: bool = False) -> Path:
 
 
 _reason: list[str] = []
+_P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+_LNLSTM_ARGTYPES = {  # lnlstm.c
+    "rnnkit_lnlstm_forward": [_I, _I, _P, _I, _P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _P, _P, _P, _P, _P, _P, _P,
+                              _I, _P],
+    "rnnkit_lnlstm_backward": [_I, _I, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P],
+}
 
 
 @cache
@@ -108,8 +114,10 @@ def library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as e:
         _reason.append(f"building {' and '.join(s.name for s in SOURCES)} failed: {e}")
         return None
-    for name in ("rnnkit_lstm_step", "rnnkit_lstm_generate", "rnnkit_filter_probs"):
+    for name in ("rnnkit_lstm_step", "rnnkit_lstm_generate", "rnnkit_filter_probs", *_LNLSTM_ARGTYPES):
         getattr(lib, name).restype = ctypes.c_int
+    for name, types in _LNLSTM_ARGTYPES.items():  # called per time step: declared, so ctypes converts without guessing
+        getattr(lib, name).argtypes = types
     return lib
 
 

@@ -11,7 +11,6 @@ input half, ``LN_ih(x W_ih^T)`` for all T steps at once, on ordinary autograd; t
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from collections import OrderedDict
 
@@ -20,32 +19,13 @@ from torch import Tensor
 
 from rnnkit.native import library
 
-_P = ctypes.c_void_p
-_I = ctypes.c_int64
-_F = ctypes.c_float
-_ARGTYPES = {
-    "rnnkit_lnlstm_forward": [_I, _I, _P, _I, _P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _P, _P, _P, _P, _P, _P, _P,
-                              _I, _P],
-    "rnnkit_lnlstm_backward": [_I, _I, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P],
-}
-
-
-def _kernels():
-    lib = library()
-    if lib is None:
-        return None
-    for name, types in _ARGTYPES.items():
-        getattr(lib, name).argtypes = types
-    return lib
-
-
 MAX_HIDDEN = 1 << 16  # the backward kernel keeps three rows of H floats on its stack
 
 
 def available(hidden_size: int, *tensors: Tensor) -> bool:
     """Whether ``scan`` can run: the kernels built, every tensor an fp32 one on the CPU, and H <= ``MAX_HIDDEN``."""
     return (hidden_size <= MAX_HIDDEN and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and _kernels() is not None)
+            and library() is not None)
 
 
 def matmul_dtype(device: torch.device) -> torch.dtype:
@@ -105,7 +85,7 @@ _POOL = _Pool()
 def _forward(gx, h0, c0, w_hh, params, eps_h, eps_c, mm_dtype, save):
     """The window's steps: ``(y, h, c)`` and, with ``save``, the buffers the backward pass reads (given back to the
     pool otherwise). ``params``: fp32 ``gamma_h, shift, gamma_c, beta_c``."""
-    lib = _kernels()
+    lib = library()
     B, T, G = gx.shape
     H = G // 4
     n = T if save else 1  # without a backward pass to come, one step's buffers serve every step
@@ -174,7 +154,7 @@ class _Scan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dys, dhT, dcT):
-        lib = _kernels()
+        lib = library()
         (w_hh,) = ctx.saved_tensors
         gamma_h, gamma_c = ctx.gammas
         hmm, cs, ahat, act, chat, th, rstd, rstd_c = ctx.buffers
