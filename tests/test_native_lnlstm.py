@@ -74,11 +74,24 @@ def test_the_cell_takes_the_native_path_on_fp32_cpu_tensors():
     assert cell.double().scan(x.double(), (h0.double(), c0.double())) is None  # float64: autograd's loop
 
 
+@pytest.fixture
+def threads(request):
+    """torch's thread count, which the kernels' OpenMP passes share, set to the test's parameter and restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
 @pytest.mark.parametrize("B, T, H", [(5, 9, 16), (1, 1, 8), (3, 40, 32)])
-def test_fp32_matches_the_autograd_loop(B, T, H):
+def test_fp32_matches_the_autograd_loop(B, T, H, threads):
+    """With 1, 2 and 3 threads the rows split unevenly (5 rows, 3 rows) or not at all (1 row), and each thread's
+    share of the parameters' gradients is summed in its own block."""
     cell, x, h0, c0, weights = problem(B, T, 6, H)
     (want, want_grads) = run(autograd_loop, cell, x, h0, c0, weights)
     (got, got_grads) = run(lambda c, x, s: c.scan(x, s), cell, x, h0, c0, weights)
+    assert native.library().rnnkit_lnlstm_threads() == threads
     for w, g in zip(want, got, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
     assert set(got_grads) == set(want_grads) and len(got_grads) == 13  # ten parameters, x, h0, c0

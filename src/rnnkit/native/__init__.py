@@ -32,6 +32,9 @@ SOURCES = (Path(__file__).with_name("lstm.c"), Path(__file__).with_name("lnlstm.
 # Compiled with -ffast-math (vector expf, reassociated sums) but linked without it: linking with it would add
 # crtfastmath.o, which switches the whole process's floating point to flush denormals to zero when loaded.
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=c11"]
+# lnlstm.c's passes split their rows among OpenMP threads. Linked against libgomp.so.1, the runtime torch's CPU
+# build has already loaded, so the two share one pool of threads. A compiler without OpenMP builds without it.
+OPENMP = ["-fopenmp"]
 MAX_LAYERS = 16  # as in lstm.c
 
 
@@ -57,10 +60,19 @@ def _error(stderr: str) -> str:
     return (errors or lines or ["the compiler failed"])[0]
 
 
+def _compile(compiler: list[str], extra: list[str], objs: list[str], out: str) -> None:
+    compile_each = [[*compiler, *FLAGS, *extra, "-c", str(source), "-o", obj]
+                    for source, obj in zip(SOURCES, objs, strict=True)]
+    for argv in [*compile_each, [*compiler, "-shared", *extra, *objs, "-o", out, "-lm"]]:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise OSError(_error(done.stderr))
+
+
 def _build(compiler: list[str], force: bool = False) -> Path:
     version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     texts = [source.read_text() for source in SOURCES]
-    key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS), version, platform.machine(),
+    key = hashlib.sha256("\0".join([*texts, " ".join(FLAGS + OPENMP), version, platform.machine(),
                                     _cpu_flags()]).encode()).hexdigest()[:16]
     out = cache_dir() / f"lstm-{key}.so"
     if out.exists() and not force:
@@ -70,12 +82,10 @@ def _build(compiler: list[str], force: bool = False) -> Path:
     os.close(fd)
     objs = [tmp[: -len(".so.tmp")] + f"-{source.stem}.o" for source in SOURCES]
     try:
-        compile_each = [[*compiler, *FLAGS, "-c", str(source), "-o", obj]
-                        for source, obj in zip(SOURCES, objs, strict=True)]
-        for argv in [*compile_each, [*compiler, "-shared", *objs, "-o", tmp, "-lm"]]:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-            if done.returncode != 0:
-                raise OSError(_error(done.stderr))
+        try:
+            _compile(compiler, OPENMP, objs, tmp)
+        except OSError:
+            _compile(compiler, [], objs, tmp)
         os.chmod(tmp, 0o755)  # mkstemp made it 0600: loadable by whoever shares the cache
         os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
     finally:
@@ -90,7 +100,8 @@ _P, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 _LNLSTM_ARGTYPES = {  # lnlstm.c
     "rnnkit_lnlstm_forward": [_I, _I, _P, _I, _P, _I, _P, _P, _P, _P, _F, _F, _P, _P, _P, _P, _P, _P, _P, _P, _P,
                               _I, _P],
-    "rnnkit_lnlstm_backward": [_I, _I, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P],
+    "rnnkit_lnlstm_backward": [_I, _I, _P, _I, _P, _I, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I, _P, _I, _P, _I],
+    "rnnkit_lnlstm_threads": [],
 }
 
 

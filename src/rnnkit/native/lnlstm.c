@@ -17,10 +17,27 @@
  *
  * Matrix-product operands may be bfloat16 (under autocast): `a` is read, and `h'` and `da` written, as bf16
  * bit patterns (round to nearest even). Everything pointwise is fp32.
+ *
+ * Rows are independent, so each pass splits them among OpenMP threads. The library is linked against libgomp.so.1,
+ * which torch has already loaded: both share one runtime and one pool of threads, as many as torch's
+ * (torch.set_num_threads), instead of two pools competing for the cores. Built without -fopenmp, the pragmas are
+ * ignored and each pass runs on one thread.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* The threads a pass uses by default (torch's number): the caller sizes the backward pass's `sums` by it. */
+int rnnkit_lnlstm_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
 
 static inline float bf16_load(const uint16_t *p, int64_t k) {
     uint32_t u = (uint32_t)p[k] << 16;
@@ -71,6 +88,7 @@ int rnnkit_lnlstm_forward(int64_t B, int64_t H, const void *a, int64_t a_bf16, c
                           float *c_next, float *chat, float *rstd_c, float *th, float *h_next, int64_t h_stride,
                           uint16_t *h_bf16) {
     const int64_t G = 4 * H;
+#pragma omp parallel for schedule(static) if (B > 1)
     for (int64_t b = 0; b < B; b++) {
         float *ah = ahat + b * G, *ac = act + b * G;
         const float *x = gx + b * gx_stride;
@@ -108,11 +126,19 @@ int rnnkit_lnlstm_backward(int64_t B, int64_t H, const float *dy, int64_t dy_str
                            float *restrict dc, const float *restrict gamma_h, const float *restrict gamma_c,
                            const float *ahat, const float *rstd, const float *act, const float *c_prev,
                            const float *chat, const float *rstd_c, const float *th, float *dz, int64_t dz_stride,
-                           void *da, int64_t da_bf16, float *restrict sums) {
-    const int64_t G = 4 * H;
+                           void *da, int64_t da_bf16, float *restrict sums, int64_t threads) {
+    const int64_t G = 4 * H, S = 2 * G + 2 * H;
+    memset(sums, 0, (size_t)(threads * S) * sizeof(float));
+#pragma omp parallel num_threads((int)threads) if (B > 1 && threads > 1)
+    {
     float dhv[H], dcn[H], dnb[H];  /* dL/dh', dL/dc' and dL/d(gamma_c c^ + beta_c) of one row */
-    float *restrict s_gh = sums, *restrict s_sh = sums + G, *restrict s_gc = sums + 2 * G, *restrict s_bc = s_gc + H;
-    memset(sums, 0, (size_t)(2 * G + 2 * H) * sizeof(float));
+#ifdef _OPENMP
+    float *restrict s_gh = sums + omp_get_thread_num() * S;
+#else
+    float *restrict s_gh = sums;
+#endif
+    float *restrict s_sh = s_gh + G, *restrict s_gc = s_gh + 2 * G, *restrict s_bc = s_gc + H;
+#pragma omp for schedule(static)
     for (int64_t b = 0; b < B; b++) {
         const float *restrict ac = act + b * G;
         const float *restrict i = ac, *restrict f = ac + H, *restrict g = ac + 2 * H, *restrict o = ac + 3 * H;
@@ -173,6 +199,7 @@ int rnnkit_lnlstm_backward(int64_t B, int64_t H, const float *dy, int64_t dy_str
             float *restrict out = (float *)da + b * G;
             for (int64_t k = 0; k < G; k++) out[k] = r * (z[k] * gamma_h[k] - M1 - ah[k] * M2);
         }
+    }
     }
     return 0;
 }

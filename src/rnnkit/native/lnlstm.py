@@ -168,7 +168,8 @@ class _Scan(torch.autograd.Function):
             dh = None if dhT is None else dhT.float().contiguous()
             dc = torch.zeros(B, H, **f32) if dcT is None else dcT.float().clone()
             dz = torch.empty(B, T, G, **f32)  # dL/dgx, handed to autograd: never pooled
-            da, sums = _POOL.take(T, B, G, dtype=mm), _POOL.take(T, 2 * G + 2 * H)
+            threads = lib.rnnkit_lnlstm_threads()  # each thread sums its rows' share into its own block
+            da, sums = _POOL.take(T, B, G, dtype=mm), _POOL.take(T, threads, 2 * G + 2 * H)
             dh_next = torch.empty(B, H, dtype=mm)
             dh_bf = False
             step = _Addresses(B, H, saved=True)
@@ -182,11 +183,11 @@ class _Scan(torch.autograd.Function):
                 lib.rnnkit_lnlstm_backward(
                     B, H, None if dyp is None else dyp + 4 * t * H, T * H, dhp, dh_bf, dcp, ghp, gcp,
                     ahp + g4, rp + r4, acp + g4, csp + h4, chp + h4, rcp + r4, thp + h4, dzp + 4 * t * G, T * G,
-                    dap + t * da_step, bf, smp + 4 * t * (2 * G + 2 * H))
+                    dap + t * da_step, bf, smp + 4 * t * threads * (2 * G + 2 * H), threads)
                 torch.mm(da[t], w, out=dh_next)
                 dhp, dh_bf = dh_next_p, bf
             d_w = torch.mm(da.view(T * B, G).t(), hmm[:T].reshape(T * B, H)).float()
-            d_gamma_h, d_shift, d_gamma_c, d_beta_c = sums.sum(0).split((G, G, H, H))
+            d_gamma_h, d_shift, d_gamma_c, d_beta_c = sums.sum((0, 1)).split((G, G, H, H))
         _POOL.give(da, sums, *ctx.buffers)
         del ctx.buffers
         d_h0 = dh_next.float() if T else (dh if dh is not None else torch.zeros(B, H, **f32))
