@@ -7,7 +7,9 @@ per token (what a quick hand-written sampler does), rnnkit's own cells (``model.
 one-op cells — in fp32 and int8, and ``NativeLSTM.step`` (rnnkit.native's compiled step) in fp32 and int8. Then
 what ``rnnkit sample`` runs, ``rnnkit.generate.generate`` end to end, on the compiled kernels (a run of tokens per
 call, drawn in C) and on torch's path (``native=False``). With ``--run`` the model is that run's (2x512 LSTM by
-default) and the validation loss is measured through each int8 path against fp32.
+default) and the validation loss is measured through each int8 path against fp32. A layer-normalised LSTM
+(``--cell lnlstm``) has no torch.nn cell: its torch paths are rnnkit's own cells, and its only int8 path the
+kernels'; ratios are then to ``model.step``.
 """
 
 from __future__ import annotations
@@ -99,43 +101,49 @@ def main() -> None:
     fp32, int8 = FastStepper.for_model(model), FastStepper.for_model(model, int8=True)
     nfp32, nint8 = NativeLSTM.for_model(model), NativeLSTM.for_model(model, int8=True)
     rows = []
+    base_name = "FastStepper fp32" if fp32 is not None else "rnnkit cells (model.step)"
+    ratio = "vs fp32 stepper" if fp32 is not None else "vs model.step"
     for B, n in ((1, args.tokens), (8, max(50, args.tokens // 4)), (64, max(50, args.tokens // 20))):
         variants = {
-            "torch.nn.LSTM per call": sampler(naive_lstm(model), lambda B=B: None, B, n, V),
             "rnnkit cells (model.step)": sampler(model.step, lambda B=B: model.init_state(B), B, n, V),
-            "FastStepper fp32": sampler(fp32, lambda B=B: fp32.split(model.init_state(B)), B, n, V),
-            "FastStepper int8": sampler(int8, lambda B=B: int8.split(model.init_state(B)), B, n, V),
             "NativeLSTM.step fp32": sampler(native_step(nfp32), lambda B=B: nfp32.state(model.init_state(B)), B, n, V),
             "NativeLSTM.step int8": sampler(native_step(nint8), lambda B=B: nint8.state(model.init_state(B)), B, n, V),
             "generate, kernels, fp32": end_to_end(model, B, n),
             "generate, kernels, int8": end_to_end(model, B, n, int8=True),
             "generate, torch, fp32": end_to_end(model, B, n, native=False),
-            "generate, torch, int8": end_to_end(model, B, n, native=False, int8=True),
         }
-        if B > 1:
-            del variants["torch.nn.LSTM per call"]
+        if fp32 is not None:  # torch.nn cells exist (not for a layer-normalised LSTM): torch's own paths too
+            variants.update({
+                "FastStepper fp32": sampler(fp32, lambda B=B: fp32.split(model.init_state(B)), B, n, V),
+                "FastStepper int8": sampler(int8, lambda B=B: int8.split(model.init_state(B)), B, n, V),
+                "generate, torch, int8": end_to_end(model, B, n, native=False, int8=True),
+            })
+            if B == 1:
+                variants["torch.nn.LSTM per call"] = sampler(naive_lstm(model), lambda: None, B, n, V)
         res = interleave(variants, args.rounds)
-        base = res["FastStepper fp32"]["median"]
-        rows += [{"batch": B, "path": k, "tokens/s": v["median"], "vs fp32 stepper": v["median"] / base}
+        base = res[base_name]["median"]
+        rows += [{"batch": B, "path": k, "tokens/s": v["median"], ratio: v["median"] / base}
                  for k, v in res.items()]
     print(f"sampling speed, {model.config.num_layers}x{model.config.hidden_size} {model.config.cell.upper()} "
           f"(tokens/s over all rows, median of interleaved rounds; {torch.get_num_threads()} torch threads, the "
           "compiled kernels one)")
-    print(table(rows, ["batch", "path", "tokens/s", "vs fp32 stepper"]))
-    payload = {"rows": rows}
+    print(table(rows, ["batch", "path", "tokens/s", ratio]))
+    payload = {"rows": rows, "cell": model.config.cell, "base": base_name}
     if config is not None:
         path = Path(config["data"]["path"])
         val = split_tokens(encode_file(path, vocab))[1]
         q = {
-            "fp32": stepper_val_loss(fp32, lambda B: fp32.split(model.init_state(B)), val),
-            "int8 (torch)": stepper_val_loss(int8, lambda B: int8.split(model.init_state(B)), val),
+            "fp32": stepper_val_loss(fp32, lambda B: fp32.split(model.init_state(B)), val) if fp32 is not None
+            else stepper_val_loss(model.step, model.init_state, val),
             "fp32 (kernels)": stepper_val_loss(native_step(nfp32), lambda B: nfp32.state(model.init_state(B)), val),
             "int8 (kernels)": stepper_val_loss(native_step(nint8), lambda B: nint8.state(model.init_state(B)), val),
         }
+        if int8 is not None:
+            q["int8 (torch)"] = stepper_val_loss(int8, lambda B: int8.split(model.init_state(B)), val)
         print("\nvalidation loss through each stepper (nats/char): "
               + ", ".join(f"{k} {v:.4f} ({v - q['fp32']:+.4f})" for k, v in q.items()))
         payload["quality"] = q
-    print("wrote", save("sampling", payload))
+    print("wrote", save("sampling" if model.config.cell == "lstm" else f"sampling-{model.config.cell}", payload))
 
 
 if __name__ == "__main__":

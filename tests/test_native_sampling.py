@@ -15,6 +15,7 @@ from conftest import require_tool
 from test_cli import SMALL, run
 
 from rnnkit import native
+from rnnkit.errors import ConfigError
 from rnnkit.generate import NATIVE_CHUNK, NATIVE_MAX_BATCH, FastStepper, filter_logits, generate
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
 from rnnkit.native.sampler import NativeLSTM, quantize_rows
@@ -45,20 +46,24 @@ def primed(model, batch: int = 3, seed: int = 1):
         return model(x).state, x[:, -1]
 
 
+def q(x):
+    """``x`` rounded to a symmetric 8-bit grid of step max|x| / 127 per row, as lstm.c quantises a layer's input."""
+    s = x.abs().amax(-1, keepdim=True) / 127
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return torch.round(x / s) * s
+
+
+def deq(w):
+    """``w`` as lstm.c's int8 weights stand for it: ``quantize_rows`` dequantised, in float64."""
+    qw, scale, _ = quantize_rows(w.detach().float())
+    return qw.double() * scale.double()[:, None]
+
+
 def quantised_step(model, tokens, state):
     """One int8 step as lstm.c defines it, in float64: weights dequantised from ``quantize_rows``; each layer's
     input vector (layer 0: h; layer l: [h below | h]) rounded to a symmetric 8-bit grid of step max|x| / 127."""
     cells = model.rnn.torch_cells()
     h, c = (s.double().clone() for s in state)
-
-    def q(x):
-        s = x.abs().amax(-1, keepdim=True) / 127
-        s = torch.where(s > 0, s, torch.ones_like(s))
-        return torch.round(x / s) * s
-
-    def deq(w):
-        qw, scale, _ = quantize_rows(w.detach().float())
-        return qw.double() * scale.double()[:, None]
 
     for i, cell in enumerate(cells):
         b = (cell.bias_ih + cell.bias_hh).double()
@@ -73,10 +78,30 @@ def quantised_step(model, tokens, state):
     return model.head(h[-1].float()).double(), (h, c)
 
 
+def quantised_ln_step(model, tokens, state):
+    """``quantised_step`` for layer-normalised LSTM cells, whose two products stay apart: layer l's input vectors
+    h below and h are each rounded on their own grid; LN_ih, LN_hh and LN_c as ``LayerNormLSTMCell`` has them."""
+    h, c = (s.double().clone() for s in state)
+
+    def ln(norm, v):
+        return torch.nn.functional.layer_norm(v, v.shape[-1:], norm.weight.double(), norm.bias.double(), norm.eps)
+
+    for i, cell in enumerate(model.rnn.cells):
+        x = model.embedding(tokens).double() @ cell.weight_ih.double().T if i == 0 else q(h[i - 1]) @ deq(
+            cell.weight_ih).T
+        gates = ln(cell.ln_ih, x) + ln(cell.ln_hh, q(h[i]) @ deq(cell.weight_hh).T) + (
+            cell.bias_ih + cell.bias_hh).double()
+        gi, gf, gg, go = gates.chunk(4, -1)
+        c[i] = gf.sigmoid() * c[i] + gi.sigmoid() * gg.tanh()
+        h[i] = go.sigmoid() * ln(cell.ln_c, c[i]).tanh()
+    return model.head(h[-1].float()).double(), (h, c)
+
+
 # -- steps ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", ["lstm", "lnlstm"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
-def test_fp32_steps_match_the_model(num_layers):
-    model = lstm_model(num_layers)
+def test_fp32_steps_match_the_model(num_layers, cell):
+    model = lstm_model(num_layers, cell=cell)
     state, tok = primed(model)
     kernels = NativeLSTM.for_model(model)
     mine = kernels.state(state)
@@ -90,24 +115,27 @@ def test_fp32_steps_match_the_model(num_layers):
     torch.testing.assert_close(mine[1], state[1], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "lnlstm"])
 @pytest.mark.parametrize("num_layers", [1, 2])
-def test_int8_steps_match_the_quantisation_scheme(num_layers):
-    model = lstm_model(num_layers, hidden=40)
+def test_int8_steps_match_the_quantisation_scheme(num_layers, cell):
+    model = lstm_model(num_layers, hidden=40, cell=cell)
     state, tok = primed(model)
     kernels = NativeLSTM.for_model(model, int8=True)
     mine, ref = kernels.state(state), state
+    reference = quantised_ln_step if cell == "lnlstm" else quantised_step
     with torch.no_grad():
         for _ in range(10):
             ours = kernels.step(tok, mine)
-            theirs, ref = quantised_step(model, tok, ref)
+            theirs, ref = reference(model, tok, ref)
             torch.testing.assert_close(ours.double(), theirs, atol=1e-4, rtol=1e-4)
             mine = tuple(s.copy_(r.float()) for s, r in zip(mine, ref, strict=True))  # no drift between the two
             tok = theirs.argmax(-1)
 
 
-def test_int8_steps_stay_close_to_fp32():
+@pytest.mark.parametrize("cell", ["lstm", "lnlstm"])
+def test_int8_steps_stay_close_to_fp32(cell):
     """From the same states, int8's logits are off by a small fraction of their spread."""
-    model = lstm_model(2, hidden=64)
+    model = lstm_model(2, hidden=64, cell=cell)
     state, tok = primed(model, batch=4)
     kernels = NativeLSTM.for_model(model, int8=True)
     with torch.no_grad():
@@ -214,10 +242,29 @@ def test_int8_generate_stays_on_the_fp32_chain_for_a_while():
         assert (int8 == fp32).float().mean() >= 0.5, (int8, fp32)
 
 
-def test_only_cpu_fp32_unidirectional_lstms_take_the_kernels():
+def test_a_layer_normalised_lstm_samples_int8_on_the_kernels_at_any_batch(monkeypatch):
+    """Torch has no int8 cell for it: above NATIVE_MAX_BATCH rows it still takes the kernels, and without them
+    int8 is refused."""
+    model = lstm_model(cell="lnlstm")
+    rows = NATIVE_MAX_BATCH + 3
+    fp32 = generate(model, [1, 2], 12, temperature=0, num_samples=rows)  # torch's path: model.step
+    int8 = generate(model, [1, 2], 12, temperature=0, num_samples=rows, int8=True)
+    assert int8.shape == (rows, 12) and (int8 == fp32).float().mean() >= 0.5, (int8, fp32)
+    with pytest.raises(ConfigError, match="int8 sampling needs"):
+        generate(model, [1, 2], 12, int8=True, native=False)
+
+
+def test_only_cpu_fp32_unidirectional_lstms_and_ln_lstms_take_the_kernels():
     assert NativeLSTM.for_model(lstm_model()) is not None
     assert NativeLSTM.for_model(lstm_model(cell="gru")) is None
-    assert NativeLSTM.for_model(lstm_model(cell="lnlstm")) is None
+    assert NativeLSTM.for_model(lstm_model(cell="lnlstm")).layer_normed
+    zoneout = LanguageModel(LanguageModelConfig(vocab_size=V, cell="lnlstm", hidden_size=8, zoneout=0.1)).eval()
+    assert NativeLSTM.for_model(zoneout) is None  # zoneout mixes the old state into the new one
+    odd = lstm_model(cell="lnlstm")
+    odd.rnn.cells[1].ln_c.eps = 1e-3  # the kernels take one eps per norm for all layers
+    assert NativeLSTM.for_model(odd) is None
+    with pytest.raises(ValueError, match="different eps"):
+        NativeLSTM(odd.embedding.weight, list(odd.rnn.cells), odd.head.weight, odd.head.bias)
     assert NativeLSTM.for_model(lstm_model().double()) is None
     assert FastStepper.for_model(lstm_model(cell="gru")) is not None  # which keep torch's fast path
 
@@ -237,6 +284,22 @@ def test_switched_off_falls_back_to_torch(fresh_library):
     model = lstm_model()
     assert NativeLSTM.for_model(model) is None
     assert generate(model, [1], 10, temperature=0).shape == (1, 10)
+
+
+def test_a_compiler_without_openmp_builds_the_passes_single_threaded(fresh_library, tmp_path):
+    fresh_library.setenv("RNNKIT_CACHE", str(tmp_path))
+    fresh_library.setattr(native, "OPENMP", ["-fno-such-openmp-flag"])
+    lib = native.library()
+    assert lib is not None and lib.rnnkit_lnlstm_threads() == 1
+
+
+def test_the_kernels_share_torchs_openmp_runtime():
+    """One libgomp in the process: the kernels' threads are torch's, not a second pool competing for the cores."""
+    lib = native.library()
+    assert lib.rnnkit_lnlstm_threads() == torch.get_num_threads()
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
 
 
 def test_a_failing_compiler_falls_back(fresh_library, tmp_path):
@@ -279,9 +342,11 @@ def test_a_cached_library_that_does_not_load_is_rebuilt(fresh_library, tmp_path)
 
 
 # -- the CLI -------------------------------------------------------------------------------------------------
-def test_sample_int8_on_a_trained_run(small_corpus, tmp_path, capsys):
+@pytest.mark.parametrize("cell", ["lstm", "lnlstm"])
+def test_sample_int8_on_a_trained_run(small_corpus, tmp_path, capsys, cell):
     run_dir = tmp_path / "run"
-    code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 10, "--out", run_dir, *SMALL)
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 10, "--out", run_dir, *SMALL,
+                       "--cell", cell)
     assert code == 0, err
     code, out, err = run(capsys, "sample", run_dir, "--prompt", "The ", "--length", 80, "--seed", 3, "--int8")
     assert code == 0 and out.startswith("The ") and len(out.rstrip("\n")) == 84, err

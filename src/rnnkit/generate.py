@@ -130,8 +130,9 @@ def generate(
     """Sample ``length`` tokens after ``prompt`` for ``num_samples`` rows at once; returns ``(B, length)`` ids.
 
     The prompt (at least one token) primes the state in one forward pass; then each token is one step: of the
-    compiled kernels (``NativeLSTM``: an LSTM model on the CPU, at most ``NATIVE_MAX_BATCH`` rows, unless
-    ``native`` is False), else of a ``FastStepper`` when the model has one, else of ``model.step``.
+    compiled kernels (``NativeLSTM``: an LSTM or layer-normalised LSTM model on the CPU, at most
+    ``NATIVE_MAX_BATCH`` rows, unless ``native`` is False), else of a ``FastStepper`` when the model has one, else
+    of ``model.step``. int8 for a layer-normalised LSTM is the kernels' alone, at any number of rows.
     ``on_tokens`` sees every new ``(B,)`` column (for streaming; the kernels sample ``NATIVE_CHUNK`` tokens per
     call, so columns arrive in bursts). ``int8`` samples with int8 weights (CPU). A seed reproduces a sample
     on the same path: the kernels draw from their own uniforms, so the same seed gives other text than torch's
@@ -166,13 +167,16 @@ def _sample(model, prompt, length, temperature, top_k, top_p, num_samples, gener
     out = model(x)
     logits, state = out.logits[:, -1], out.state  # (B, V)
     kernels = NativeLSTM.for_model(model, int8) if native and num_samples <= NATIVE_MAX_BATCH else None
+    stepper = None if kernels is not None else FastStepper.for_model(model, int8)
+    if kernels is None and stepper is None and int8 and native:
+        kernels = NativeLSTM.for_model(model, int8)  # a layer-normalised LSTM's only int8 path, at any batch
     if kernels is not None:
         return _sample_native(kernels, logits, state, length, temperature, top_k, top_p, generator, on_tokens)
-    stepper = FastStepper.for_model(model, int8)
     if stepper is not None:
         step, state = stepper, stepper.split(state)
     elif int8:
-        raise ConfigError("int8 sampling needs a model whose cells have a torch.nn equivalent (rnn, lstm, gru)")
+        raise ConfigError("int8 sampling needs cells with a torch.nn equivalent (rnn, lstm, gru), or an lstm or "
+                          "lnlstm model on the compiled kernels (a C compiler, the CPU, no zoneout)")
     else:
         step = model.step
     tokens = torch.empty(num_samples, length, dtype=torch.long, device=device)

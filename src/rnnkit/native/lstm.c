@@ -14,6 +14,14 @@
  * int8 weights: one symmetric scale per row (w = scale * q, q in [-127, 127]) and the row sums of q; the input
  * vector is quantised per call with one symmetric scale, stored as unsigned (q + 128) for the u8 x s8 dot.
  * States h, c: (L, B, H) fp32, updated in place.
+ *
+ * A layer-normalised LSTM (`ln`, rnnkit.nn.cells.LayerNormLSTMCell) normalises each product on its own, so its
+ * two products stay apart:
+ *   table   (V, 4H)  layer 0: LN_ih(embedding @ W_ih0^T) + shift0, one row per token (LN_ih's gain and offset in)
+ *   w[l]    (4H, H)  W_hh of every layer;  w_in[l] (4H, H): W_ih of layers l >= 1
+ *   bias[l] (4H)     shift = b_ih + b_hh + LN_hh's offset, layers l >= 1
+ *   z = [LN_ih(W_ih x) * ln_in_g + ln_in_b] + LN(W_hh h) * ln_h_g + shift;  c' = sig(f) c + sig(i) tanh(g);
+ *   h' = sig(o) tanh(LN(c') * ln_c_g + ln_c_b), where LN(v) = (v - mean(v)) / sqrt(var(v) + eps).
  */
 #include <math.h>
 #include <stdint.h>
@@ -31,6 +39,13 @@ typedef struct {
     const int32_t *rowsum[MAX_LAYERS];
     const float *bias[MAX_LAYERS];
     const float *head_w, *head_b;
+    int64_t ln;
+    const void *w_in[MAX_LAYERS];
+    const float *scale_in[MAX_LAYERS];
+    const int32_t *rowsum_in[MAX_LAYERS];
+    const float *ln_in_g[MAX_LAYERS], *ln_in_b[MAX_LAYERS], *ln_h_g[MAX_LAYERS], *ln_c_g[MAX_LAYERS],
+        *ln_c_b[MAX_LAYERS];
+    float eps_in, eps_h, eps_c;
 } lstm_model;
 
 static float dot_f32(const float *a, const float *b, int64_t n) {
@@ -57,13 +72,12 @@ static void quantize(const float *x, int64_t B, int64_t K, uint8_t *xq, float *x
     }
 }
 
-/* y (B, N) += x (B, K) @ W^T for layer l's weights W (N, K); each weight row is read once for all B rows */
-static void matvec(const lstm_model *m, int l, const float *x, int64_t B, int64_t N, int64_t K, float *y,
-                   uint8_t *xq, float *xs) {
-    if (m->int8) {
-        const int8_t *w = (const int8_t *)m->w[l];
-        const float *scale = m->scale[l];
-        const int32_t *rowsum = m->rowsum[l];
+/* y (B, N) += x (B, K) @ W^T for weights W (N, K), fp32 or int8 with its row scales and row sums; each weight
+ * row is read once for all B rows */
+static void matvec_w(int64_t int8, const void *weights, const float *scale, const int32_t *rowsum, const float *x,
+                     int64_t B, int64_t N, int64_t K, float *y, uint8_t *xq, float *xs) {
+    if (int8) {
+        const int8_t *w = (const int8_t *)weights;
         quantize(x, B, K, xq, xs);
         for (int64_t r = 0; r < N; r++)
             for (int64_t b = 0; b < B; b++) {
@@ -71,10 +85,16 @@ static void matvec(const lstm_model *m, int l, const float *x, int64_t B, int64_
                 y[b * N + r] += scale[r] * xs[b] * (float)acc;
             }
     } else {
-        const float *w = (const float *)m->w[l];
+        const float *w = (const float *)weights;
         for (int64_t r = 0; r < N; r++)
             for (int64_t b = 0; b < B; b++) y[b * N + r] += dot_f32(x + b * K, w + r * K, K);
     }
+}
+
+/* the same with layer l's W_hh (or [W_ih | W_hh]) */
+static void matvec(const lstm_model *m, int l, const float *x, int64_t B, int64_t N, int64_t K, float *y,
+                   uint8_t *xq, float *xs) {
+    matvec_w(m->int8, m->w[l], m->scale[l], m->rowsum[l], x, B, N, K, y, xq, xs);
 }
 
 /* Clamped so that expf never overflows: with -ffast-math, 1 / (1 + inf) may be a reciprocal estimate refined by a
@@ -94,25 +114,71 @@ static void lstm_pointwise(const float *gates, int64_t H, float *h, float *c) {
     }
 }
 
-/* Scratch for one step at batch B: gates (B, 4H), layer input (B, 2H), quantised input, scales. */
+/* v (n) <- (v - mean(v)) / sqrt(var(v) + eps) * g (+ b where b is not NULL) */
+static void layer_norm(float *v, int64_t n, float eps, const float *g, const float *b) {
+    float sum = 0.0f, var = 0.0f;
+    for (int64_t k = 0; k < n; k++) sum += v[k];
+    float mean = sum / (float)n;
+    for (int64_t k = 0; k < n; k++) var += (v[k] - mean) * (v[k] - mean);
+    float rstd = 1.0f / sqrtf(var / (float)n + eps);
+    if (b)
+        for (int64_t k = 0; k < n; k++) v[k] = (v[k] - mean) * rstd * g[k] + b[k];
+    else
+        for (int64_t k = 0; k < n; k++) v[k] = (v[k] - mean) * rstd * g[k];
+}
+
+/* Scratch for one step at batch B: gates (B, 4H), layer input (B, 2H), the input half of a layer-normalised
+ * layer (B, 4H), quantised input, scales. */
 typedef struct {
-    float *gates, *input, *xs;
+    float *gates, *input, *gin, *xs;
     uint8_t *xq;
 } scratch;
 
 static int scratch_alloc(scratch *s, int64_t B, int64_t H) {
     s->gates = malloc(sizeof(float) * B * 4 * H);
     s->input = malloc(sizeof(float) * B * 2 * H);
+    s->gin = malloc(sizeof(float) * B * 4 * H);
     s->xs = malloc(sizeof(float) * B);
     s->xq = malloc((size_t)(B * 2 * H));
-    return s->gates && s->input && s->xs && s->xq;
+    return s->gates && s->input && s->gin && s->xs && s->xq;
 }
 
 static void scratch_free(scratch *s) {
     free(s->gates);
     free(s->input);
+    free(s->gin);
     free(s->xs);
     free(s->xq);
+}
+
+/* One layer-normalised layer l for B rows: h_l, c_l advance in place; `below` is layer l - 1's new h (l >= 1) */
+static void ln_layer(const lstm_model *m, int l, const int64_t *tokens, int64_t B, const float *below, float *hl,
+                     float *cl, scratch *s) {
+    const int64_t H = m->hidden, G = 4 * H;
+    memset(s->gates, 0, sizeof(float) * B * G);
+    matvec(m, l, hl, B, G, H, s->gates, s->xq, s->xs);  /* W_hh h */
+    if (l > 0) {
+        memset(s->gin, 0, sizeof(float) * B * G);
+        matvec_w(m->int8, m->w_in[l], m->scale_in[l], m->rowsum_in[l], below, B, G, H, s->gin, s->xq, s->xs);
+    }
+    for (int64_t b = 0; b < B; b++) {
+        float *z = s->gates + b * G, *gx = s->gin + b * G;
+        layer_norm(z, G, m->eps_h, m->ln_h_g[l], NULL);
+        if (l == 0) {
+            const float *row = m->table + tokens[b] * G;
+            for (int64_t k = 0; k < G; k++) z[k] += row[k];
+        } else {
+            layer_norm(gx, G, m->eps_in, m->ln_in_g[l], m->ln_in_b[l]);
+            for (int64_t k = 0; k < G; k++) z[k] += gx[k] + m->bias[l][k];
+        }
+        const float *zi = z, *zf = z + H, *zg = z + 2 * H, *zo = z + 3 * H;
+        float *hb = hl + b * H, *cb = cl + b * H;
+        for (int64_t j = 0; j < H; j++)
+            cb[j] = sigmoid(zf[j]) * cb[j] + sigmoid(zi[j]) * (2.0f * sigmoid(2.0f * zg[j]) - 1.0f);
+        memcpy(hb, cb, sizeof(float) * H);
+        layer_norm(hb, H, m->eps_c, m->ln_c_g[l], m->ln_c_b[l]);
+        for (int64_t j = 0; j < H; j++) hb[j] = sigmoid(zo[j]) * (2.0f * sigmoid(2.0f * hb[j]) - 1.0f);
+    }
 }
 
 /* One step: tokens (B) -> logits (B, V); h, c (L, B, H) advance in place. */
@@ -121,6 +187,10 @@ static void step(const lstm_model *m, const int64_t *tokens, int64_t B, float *h
     const int64_t H = m->hidden, G = 4 * H, V = m->vocab;
     for (int64_t l = 0; l < m->layers; l++) {
         float *hl = h + l * B * H, *cl = c + l * B * H;
+        if (m->ln) {
+            ln_layer(m, (int)l, tokens, B, l > 0 ? h + (l - 1) * B * H : NULL, hl, cl, s);
+            continue;
+        }
         if (l == 0) {
             for (int64_t b = 0; b < B; b++) memcpy(s->gates + b * G, m->table + tokens[b] * G, sizeof(float) * G);
             matvec(m, 0, hl, B, G, H, s->gates, s->xq, s->xs);

@@ -25,6 +25,12 @@ class _Model(ctypes.Structure):
         ("rowsum", ctypes.c_void_p * MAX_LAYERS),
         ("bias", ctypes.c_void_p * MAX_LAYERS),
         ("head_w", ctypes.c_void_p), ("head_b", ctypes.c_void_p),
+        ("ln", ctypes.c_int64),
+        ("w_in", ctypes.c_void_p * MAX_LAYERS),
+        ("scale_in", ctypes.c_void_p * MAX_LAYERS),
+        ("rowsum_in", ctypes.c_void_p * MAX_LAYERS),
+        *((name, ctypes.c_void_p * MAX_LAYERS) for name in ("ln_in_g", "ln_in_b", "ln_h_g", "ln_c_g", "ln_c_b")),
+        ("eps_in", ctypes.c_float), ("eps_h", ctypes.c_float), ("eps_c", ctypes.c_float),
     ]
 
 
@@ -54,11 +60,22 @@ def _fingerprint(model: nn.Module) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in params), tuple(sums)
 
 
+def _layer_normed(cell: nn.Module) -> bool:
+    """An ``rnnkit.nn.cells.LayerNormLSTMCell`` (told by its parts: this layer sits below ``rnnkit.nn``)."""
+    return all(isinstance(getattr(cell, name, None), nn.LayerNorm) for name in ("ln_ih", "ln_hh", "ln_c"))
+
+
 def _mismatch(embedding: Tensor, cells: list, head_w: Tensor, head_b: Tensor | None) -> str | None:
     """What makes these weights unfit for lstm.c, or None: the kernels index by these sizes without checking."""
     V, E = embedding.shape
-    if not cells or len(cells) > MAX_LAYERS or not all(isinstance(c, nn.LSTMCell) for c in cells):
-        return f"1 to {MAX_LAYERS} torch.nn.LSTMCell layers are needed"
+    ln = bool(cells) and all(_layer_normed(c) for c in cells)
+    if not cells or len(cells) > MAX_LAYERS or not (ln or all(isinstance(c, nn.LSTMCell) for c in cells)):
+        return f"1 to {MAX_LAYERS} torch.nn.LSTMCell or rnnkit LayerNormLSTMCell layers are needed"
+    if ln:
+        if any(c.zoneout or c.recurrent_dropout for c in cells):
+            return "zoneout and recurrent dropout change the cell's step"
+        if len({(c.ln_ih.eps, c.ln_hh.eps, c.ln_c.eps) for c in cells}) > 1:
+            return "the layers' layer norms have different eps"
     H = cells[0].hidden_size
     if H > MAX_HIDDEN:
         return f"hidden size {H} is above {MAX_HIDDEN}"
@@ -74,11 +91,13 @@ class NativeLSTM:
     """Embedding -> LSTM layers -> linear head, stepped by ``lstm.c`` (fp32, or int8 weights with ``int8``).
 
     Layer 0's input product is folded into a (V, 4H) table (embedding @ W_ih^T + biases), so a step reads it by
-    token; every later layer multiplies [input | state] by one [W_ih | W_hh] matrix. The head stays fp32.
-    Holds copies of the weights: build it after training. CPU, fp32 models only.
+    token; every later layer multiplies [input | state] by one [W_ih | W_hh] matrix. Layer-normalised LSTM cells
+    (``rnnkit.nn.cells.LayerNormLSTMCell``) keep W_ih and W_hh apart, since each product is normalised on its
+    own; their table holds the normalised input half. The head stays fp32. Holds copies of the weights: build
+    it after training. CPU, fp32 models only.
     """
 
-    def __init__(self, embedding: Tensor, cells: list[nn.LSTMCell], head_w: Tensor, head_b: Tensor | None,
+    def __init__(self, embedding: Tensor, cells: list[nn.Module], head_w: Tensor, head_b: Tensor | None,
                  int8: bool = False):
         lib = library()
         if lib is None:
@@ -88,44 +107,58 @@ class NativeLSTM:
             raise ValueError(problem)
         self.lib, self.int8 = lib, int8
         self.layers, self.hidden, self.vocab = len(cells), cells[0].hidden_size, embedding.shape[0]
+        self.layer_normed = ln = _layer_normed(cells[0])
         H = self.hidden
         keep = []  # every tensor the struct points at, kept alive with it
 
+        def pointer(t: Tensor):
+            t = t.detach().float().contiguous().clone()
+            keep.append(t)
+            return _ptr(t)
+
+        def matrix(w: Tensor) -> tuple:
+            """(weights, row scales, row sums) pointers: int8 with ``int8``, else fp32 (no scales or sums)."""
+            if not int8:
+                return pointer(w), None, None
+            q, scale, rowsum = quantize_rows(w.detach().float())
+            keep.extend((q, scale, rowsum))
+            return _ptr(q), _ptr(scale), _ptr(rowsum)
+
         def bias(cell):
             zero = torch.zeros(4 * H)
-            return (cell.bias_ih if cell.bias_ih is not None else zero) + (
+            total = (cell.bias_ih if cell.bias_ih is not None else zero) + (
                 cell.bias_hh if cell.bias_hh is not None else zero)
+            return total + cell.ln_hh.bias if ln else total  # LN_hh's offset is a constant of the step too
 
         with torch.no_grad():
             c0 = cells[0]
-            table = (embedding.float() @ c0.weight_ih.float().T + bias(c0)).contiguous()
-            m = _Model(layers=self.layers, hidden=H, vocab=self.vocab, int8=int(int8), table=_ptr(table))
-            keep.append(table)
+            x0 = embedding.float() @ c0.weight_ih.float().T
+            table = (c0.ln_ih(x0) if ln else x0) + bias(c0)
+            m = _Model(layers=self.layers, hidden=H, vocab=self.vocab, int8=int(int8), table=pointer(table),
+                       ln=int(ln))
             for i, cell in enumerate(cells):
-                w = cell.weight_hh if i == 0 else torch.cat([cell.weight_ih, cell.weight_hh], 1)
-                w = w.float().contiguous()
-                if int8:
-                    q, scale, rowsum = quantize_rows(w)
-                    m.w[i], m.scale[i], m.rowsum[i] = _ptr(q), _ptr(scale), _ptr(rowsum)
-                    keep += [q, scale, rowsum]
-                else:
-                    m.w[i] = _ptr(w)
-                    keep.append(w)
+                w = cell.weight_hh if i == 0 or ln else torch.cat([cell.weight_ih, cell.weight_hh], 1)
+                m.w[i], m.scale[i], m.rowsum[i] = matrix(w)
                 if i > 0:
-                    b = bias(cell).float().contiguous()
-                    m.bias[i] = _ptr(b)
-                    keep.append(b)
-            hw = head_w.float().contiguous()
-            hb = (head_b if head_b is not None else torch.zeros(self.vocab)).float().contiguous()
-            m.head_w, m.head_b = _ptr(hw), _ptr(hb)
-            keep += [hw, hb]
+                    m.bias[i] = pointer(bias(cell))
+                if ln:
+                    if i > 0:
+                        m.w_in[i], m.scale_in[i], m.rowsum_in[i] = matrix(cell.weight_ih)
+                        m.ln_in_g[i], m.ln_in_b[i] = pointer(cell.ln_ih.weight), pointer(cell.ln_ih.bias)
+                    m.ln_h_g[i] = pointer(cell.ln_hh.weight)
+                    m.ln_c_g[i], m.ln_c_b[i] = pointer(cell.ln_c.weight), pointer(cell.ln_c.bias)
+            if ln:
+                m.eps_in, m.eps_h, m.eps_c = c0.ln_ih.eps, c0.ln_hh.eps, c0.ln_c.eps
+            m.head_w = pointer(head_w)
+            m.head_b = pointer(head_b if head_b is not None else torch.zeros(self.vocab))
         self._model, self._keep = m, keep
 
     @classmethod
     def for_model(cls, model: nn.Module, int8: bool = False) -> NativeLSTM | None:
-        """For a CPU fp32 model with ``embedding``, an LSTM ``rnn`` (unidirectional, torch-equivalent cells) and
-        ``head``; None where the model is not one, or the kernels are unavailable. The answer is kept per model
-        while its weights are unchanged (so a server's requests skip the copy and the quantisation)."""
+        """For a CPU fp32 model with ``embedding``, an LSTM ``rnn`` (unidirectional; torch-equivalent cells or
+        layer-normalised ones) and ``head``; None where the model is not one, or the kernels are unavailable. The
+        answer is kept per model while its weights are unchanged (so a server's requests skip the copy and the
+        quantisation)."""
         rnn, head, emb = getattr(model, "rnn", None), getattr(model, "head", None), getattr(model, "embedding", None)
         if rnn is None or not hasattr(rnn, "torch_cells") or not isinstance(head, nn.Linear) or emb is None:
             return None
@@ -138,6 +171,8 @@ class NativeLSTM:
             return known[int8][1]
         with torch.random.fork_rng(devices=[]):  # building nn.LSTMCells draws from the global RNG
             cells = rnn.torch_cells()
+        if cells is None and not getattr(rnn, "bidirectional", True):
+            cells = list(rnn.cells)  # layer-normalised LSTM cells are taken as they are (_mismatch checks)
         ok = cells is not None and not _mismatch(emb.weight, cells, head.weight, head.bias)
         kernels = cls(emb.weight.detach(), cells, head.weight.detach(), head.bias, int8) if ok else None
         _built.setdefault(model, {})[int8] = (fingerprint, kernels)
