@@ -160,6 +160,35 @@ def test_no_grad_forward_agrees_and_returns_its_buffers():
         torch.testing.assert_close(got[1][1], want[2], rtol=1e-5, atol=1e-5)
 
 
+def test_buffers_made_under_inference_mode_are_not_handed_to_training():
+    """Under ``torch.inference_mode`` (sampling, ``rnnkit eval``) the pool's buffers are inference tensors, which
+    may not be written outside it: a training pass after one gets buffers of its own."""
+    cell, x, h0, c0, weights = problem(B=3, T=10, C=6, H=16)
+    with torch.inference_mode():
+        for _ in range(2):  # the second pass reuses the first one's buffers
+            ys, _ = cell.scan(x, (h0, c0))
+            assert ys.is_inference()
+    (want, want_grads) = run(autograd_loop, cell, x, h0, c0, weights)
+    (got, got_grads) = run(lambda c, x, s: c.scan(x, s), cell, x, h0, c0, weights)
+    for w, g in zip(want, got, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+    for name, w in want_grads.items():
+        assert relative(got_grads[name], w) < 5e-5, name
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_outputs_are_not_views_of_pooled_buffers(B):
+    """At B = 1 the (T, B, H) -> (B, T, H) transpose is already contiguous: a view of the pool's buffer would be
+    overwritten by the next pass (the next layer, or another request in a server)."""
+    cell, x, h0, c0, _ = problem(B=B, T=8, C=6, H=16)
+    with torch.no_grad():
+        y, (h, c) = cell.scan(x, (h0, c0))
+        kept = y.clone(), h.clone(), c.clone()
+        cell.scan(torch.randn_like(x), (h0, c0))  # same shapes: the same buffers from the pool
+    for got, want in zip((y, h, c), kept, strict=True):
+        assert torch.equal(got, want)
+
+
 def test_two_graphs_alive_at_once_keep_their_own_buffers():
     """Buffers go back to the pool only after their backward pass: a second forward before the first backward
     must not overwrite what the first saved."""
@@ -205,8 +234,8 @@ def test_the_pool_keeps_at_most_its_limit_and_drops_the_oldest_shapes_first(monk
             torch.testing.assert_close(y, want[0][:, :T], rtol=1e-5, atol=1e-5)
     pool = lnlstm._POOL
     assert pool.bytes == sum(t.nbytes for kept in pool.free.values() for t in kept) <= 12 << 10
-    assert ((31, 2, 16), torch.float32) in pool.free  # the shape used last is kept
-    assert ((30, 2, 16), torch.float32) not in pool.free  # the 29-step window's, used before it, is gone
+    assert ((31, 2, 16), torch.float32, False) in pool.free  # the shape used last is kept
+    assert ((30, 2, 16), torch.float32, False) not in pool.free  # the 29-step window's, used before it, is gone
 
 
 def test_saturated_gates_stay_finite():

@@ -42,7 +42,9 @@ class _Pool:
     buffers that never leave this module go back into the pool: those a forward pass saves, once the backward
     pass has used them (or at once, with no backward pass to come). A graph dropped without a backward pass
     takes its buffers with it to the garbage collector. At most ``LIMIT`` bytes are kept; the shapes used least
-    recently go first (an epoch's short last window, a validation pass).
+    recently go first (an epoch's short last window, a validation pass). Buffers made under
+    ``torch.inference_mode`` (sampling, evaluation) are inference tensors, which may not be written outside it: they
+    are kept apart and handed out only inside it.
     """
 
     LIMIT = 1 << 30
@@ -53,7 +55,7 @@ class _Pool:
         self.lock = threading.Lock()  # a server may run two models' forward passes in two threads
 
     def take(self, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        key = (shape, dtype)
+        key = (shape, dtype, torch.is_inference_mode_enabled())
         with self.lock:
             kept = self.free.get(key)
             if kept:
@@ -66,7 +68,7 @@ class _Pool:
     def give(self, *buffers: Tensor) -> None:
         with self.lock:
             for t in buffers:
-                key = (tuple(t.shape), t.dtype)
+                key = (tuple(t.shape), t.dtype, t.is_inference())
                 kept = self.free.setdefault(key, [])
                 self.free.move_to_end(key)
                 if any(k.data_ptr() == t.data_ptr() for k in kept):
@@ -117,7 +119,9 @@ def _forward(gx, h0, c0, w_hh, params, eps_h, eps_c, mm_dtype, save):
                 B, H, ap, bf, gxp + 4 * t * G, T * G, gp, sp, gcp, bcp, eps_h, eps_c,
                 csp + 4 * t * B * H, ahp + g4, rp + r4, acp + g4, csp + 4 * (t + 1) * B * H, chp + h4, rcp + r4,
                 thp + h4, hsp + 4 * (t + 1) * B * H, H, hmmp + (t + 1) * hmm_step if bf else None)
-        out = hs[1:].transpose(0, 1).contiguous(), hs[T].clone(), cs[T].clone()
+        # copies, never views of the pooled buffers: at B = 1 the transpose is already contiguous, and
+        # .contiguous() would hand out hs itself for the next pass (or another thread) to overwrite
+        out = hs[1:].transpose(0, 1).clone(memory_format=torch.contiguous_format), hs[T].clone(), cs[T].clone()
     buffers = (hmm, cs, ahat, act, chat, th, rstd, rstd_c)
     if save:
         _POOL.give(a, *([hs] if bf else []))
