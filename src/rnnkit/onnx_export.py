@@ -9,8 +9,10 @@ How: ``torch.onnx.export(dynamo=True)``, torch's maintained exporter (the TorchS
 which fixes T (the Elman RNN comes out as a loop of T copies). So the layer is traced as one opaque custom op,
 ``rnnkit::lstm`` / ``rnnkit::rnn`` (its PyTorch body is the same fused kernel), and translated to ONNX's own
 LSTM, GRU and RNN operators: LSTM and GRU through the translations onnxscript's torch library ships for
-``aten::lstm`` and ``aten::gru``, the Elman RNN by ``_onnx_rnn`` below. The vocabulary rides along in the
-model's metadata (``rnnkit.vocab``), so a deployment needs only the .onnx file.
+``aten::lstm`` and ``aten::gru``, the Elman RNN by ``_onnx_rnn`` below. The layer-normalised LSTM has no ONNX
+operator: each layer's recurrent half is the custom op ``rnnkit::lnlstm_layer``, translated to a Scan over time
+(``rnnkit.onnx_lnlstm``). The vocabulary rides along in the model's metadata (``rnnkit.vocab``), so a deployment
+needs only the .onnx file.
 
 onnx, onnxscript and onnxruntime are the ``onnx`` extra; they are imported inside the functions that use them.
 """
@@ -32,6 +34,7 @@ from rnnkit import __version__
 from rnnkit.errors import ConfigError, RnnkitError
 
 EXTRA = "pip install 'rnnkit[onnx]'"
+OPSET = 18  # the exporter's default on torch 2.13, named so that onnx_lnlstm's script function (opset18) matches
 
 
 def require_onnx() -> None:
@@ -62,6 +65,28 @@ def fused_rnn(x: Tensor, h: Tensor, params: list[Tensor], mode: str, has_biases:
     fn = {"GRU": torch.gru, "RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu}[mode]
     y, h = fn(x, h, params, has_biases, num_layers, 0.0, False, bidirectional, True)
     return y, h
+
+
+@torch.library.custom_op("rnnkit::lnlstm_layer", mutates_args=())
+def lnlstm_layer(gx: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, gamma_h: Tensor, shift: Tensor, gamma_c: Tensor,
+                 beta_c: Tensor, eps_h: float, eps_c: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The recurrent half of one layer-normalised LSTM layer (``LayerNormLSTMCell``), inference:
+    ``gx (B, T, 4H)`` (the normalised input half), ``h, c (B, H) -> y (B, T, H), h, c``. ``shift`` holds every
+    constant of a step's pre-activations (``b_ih + b_hh`` and LN_hh's offset)."""
+    F = nn.functional
+    ys = []
+    for g in gx.unbind(1):
+        a = F.layer_norm(h @ w_hh.T, gamma_h.shape, gamma_h, None, eps_h)
+        i, f, z, o = (g + a + shift).chunk(4, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(z)
+        h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, gamma_c.shape, gamma_c, beta_c, eps_c))
+        ys.append(h)
+    return torch.stack(ys, 1), h, c
+
+
+@lnlstm_layer.register_fake
+def _(gx, h, c, w_hh, gamma_h, shift, gamma_c, beta_c, eps_h, eps_c):
+    return gx.new_empty(gx.shape[0], gx.shape[1], h.shape[1]), torch.empty_like(h), torch.empty_like(c)
 
 
 def _output_shape(x: Tensor, h: Tensor, bidirectional: bool) -> tuple:
@@ -110,7 +135,14 @@ def _translations() -> dict:
             finals.append(h_n)
         return op.Transpose(x, perm=[1, 0, 2]), finals[0] if num_layers == 1 else op.Concat(*finals, axis=0)
 
-    return {torch.ops.rnnkit.lstm.default: onnx_lstm, torch.ops.rnnkit.rnn.default: onnx_rnn}
+    def onnx_lnlstm_layer(gx, h, c, w_hh, gamma_h, shift, gamma_c, beta_c, eps_h: float, eps_c: float):
+        from rnnkit.onnx_lnlstm import ln_scan  # onnxscript's converter reads the module's globals
+
+        return ln_scan(gx, h, c, op.Transpose(w_hh, perm=[1, 0]), gamma_h, shift, gamma_c, beta_c, eps_h=eps_h,
+                       eps_c=eps_c)
+
+    return {torch.ops.rnnkit.lstm.default: onnx_lstm, torch.ops.rnnkit.rnn.default: onnx_rnn,
+            torch.ops.rnnkit.lnlstm_layer.default: onnx_lnlstm_layer}
 
 
 # -- the language model ---------------------------------------------------------------------------------------
@@ -124,12 +156,13 @@ class LanguageModelGraph(nn.Module):
         super().__init__()
         rnn = model.rnn
         cell = rnn.cells[0]
-        if cell.fused_mode is None or cell.zoneout:  # zoneout changes the state even at evaluation
-            raise ConfigError(f"ONNX export needs cells torch.nn has (rnn, rnn_relu, lstm, gru) without zoneout; this "
+        self.layer_normed = all(hasattr(c, "ln_c") for c in rnn.cells) and not rnn.bidirectional
+        if not (cell.fused_mode or self.layer_normed) or cell.zoneout:  # zoneout changes the state at evaluation
+            raise ConfigError(f"ONNX export needs rnn, rnn_relu, lstm, gru or lnlstm cells without zoneout; this "
                               f"model has {type(cell).__name__}{' with zoneout' if cell.zoneout else ''} — "
                               "train one without it to export")
         self.embedding, self.rnn, self.head = model.embedding, rnn, model.head
-        self.mode = cell.fused_mode
+        self.mode = "LSTM" if self.layer_normed else cell.fused_mode
         self.lstm = self.mode == "LSTM"
 
     def state_names(self) -> tuple[list[str], list[str]]:
@@ -137,6 +170,8 @@ class LanguageModelGraph(nn.Module):
 
     def forward(self, tokens: Tensor, h: Tensor, c: Tensor | None = None) -> tuple[Tensor, ...]:
         x = self.embedding(tokens)  # (B, T, E)
+        if self.layer_normed:
+            return self._layer_normed(x, h, c)
         params = [p for _, p in self.rnn.torch_names()]  # torch.nn's flat weight order
         layer = self.rnn
         if self.lstm:
@@ -144,6 +179,22 @@ class LanguageModelGraph(nn.Module):
             return self.head(y), h, c  # (B, T, V)
         y, h = torch.ops.rnnkit.rnn(x, h, params, self.mode, layer.bias, layer.num_layers, layer.bidirectional)
         return self.head(y), h
+
+
+    def _layer_normed(self, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Layer by layer: the input half for all T steps in ordinary ops, then ``rnnkit::lnlstm_layer``."""
+        hs, cs = [], []
+        for k, cell in enumerate(self.rnn.cells):
+            shift = cell.ln_hh.bias
+            for bias in (cell.bias_ih, cell.bias_hh):
+                shift = shift if bias is None else shift + bias
+            gx = cell.ln_ih(nn.functional.linear(x, cell.weight_ih))  # (B, T, 4H)
+            x, h_k, c_k = torch.ops.rnnkit.lnlstm_layer(gx, h[k], c[k], cell.weight_hh, cell.ln_hh.weight, shift,
+                                                        cell.ln_c.weight, cell.ln_c.bias, cell.ln_hh.eps,
+                                                        cell.ln_c.eps)
+            hs.append(h_k)
+            cs.append(c_k)
+        return self.head(x), torch.stack(hs), torch.stack(cs)
 
 
 def export_onnx(model: nn.Module, config: dict, path: str | Path) -> Path:
@@ -168,7 +219,7 @@ def export_onnx(model: nn.Module, config: dict, path: str | Path) -> Path:
     batch, time = torch.export.Dim("batch"), torch.export.Dim("time")
     with _quiet(), torch.no_grad():
         torch.onnx.export(
-            graph, example, str(path), dynamo=True, external_data=False, verbose=False,
+            graph, example, str(path), dynamo=True, external_data=False, verbose=False, opset_version=OPSET,
             input_names=["tokens", *inputs], output_names=["logits", *outputs],
             dynamic_shapes=({0: batch, 1: time}, *({1: batch} for _ in inputs)),
             custom_translation_table=_translations(),
