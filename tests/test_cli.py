@@ -84,6 +84,26 @@ def test_console_script_and_module_entry(trained):
     assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
 
 
+def test_the_default_cell_follows_the_device(trained, small_corpus, tmp_path, capsys, monkeypatch):
+    """Without --cell: the layer-normalised LSTM on the CPU (its compiled kernels), the LSTM on CUDA (cuDNN);
+    --cell always wins, and a resumed run keeps the cell it was started with."""
+    import torch
+
+    from rnnkit.cli import lm
+
+    run_dir, _, _ = trained
+    assert json.loads((run_dir / CONFIG).read_text())["model"]["cell"] == "lnlstm"
+    assert lm.default_cell(torch.device("cpu")) == "lnlstm" and lm.default_cell(torch.device("cuda")) == "lstm"
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 2, "--out", tmp_path / "lstm",
+                       "--sample-length", 0, "--cell", "lstm", *SMALL)
+    assert code == 0 and "1x16 LSTM" in err, err
+    monkeypatch.setattr(lm, "default_cell", lambda device: "gru")  # as the CUDA rule would pick another cell
+    code, _, err = run(capsys, "train", "--resume", run_dir, "--max-steps", 12, "--quiet", "--sample-length", 0)
+    assert code == 0 and "1x16 LNLSTM" in err, err
+    code, out, _ = run(capsys, "train", "--help")
+    assert "(default: lnlstm on the CPU, lstm on CUDA)" in " ".join(out.split())
+
+
 def test_builtin_corpus_is_the_default(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--max-steps", 2, "--out", tmp_path / "run", "--sample-length", 0, *SMALL)
     assert code == 0, err

@@ -156,7 +156,7 @@ def test_export_verb_and_check(corpus, tmp_path, capsys):
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "lm.onnx")).metadata_props}
-    assert meta["rnnkit.cell"] == "lstm" and '"chars"' in meta["rnnkit.vocab"]
+    assert meta["rnnkit.cell"] == "lnlstm" and '"chars"' in meta["rnnkit.vocab"]  # the CPU default
 
 
 def test_export_errors(corpus, tmp_path, capsys, monkeypatch):

@@ -95,6 +95,9 @@ def test_cli_init_from_a_trained_language_model(tmp_path, capsys):
     out = tmp_path / "clf"
     code, _, err = run(capsys, "classify", "train", "--data", data, "--init-from", lm_dir, "--out", out,
                        "--max-steps", 2, *SMALL)
+    assert_user_error(code, err, "cell 'lnlstm'", "--cell lnlstm")  # `rnnkit train`'s cell on the CPU
+    code, _, err = run(capsys, "classify", "train", "--data", data, "--init-from", lm_dir, "--out", out,
+                       "--max-steps", 2, *SMALL, "--cell", "lnlstm")
     assert code == 0, err
     assert "encoder initialised from" in err
     lm, lm_vocab, _ = load_run(lm_dir)
@@ -106,8 +109,8 @@ def test_cli_init_from_a_trained_language_model(tmp_path, capsys):
     gap = (clf.members[0].encoder.embedding.weight[row] - lm.embedding.weight[lm_vocab.encode("e")[0]]).abs().max()
     assert gap < 0.05
     code, _, err = run(capsys, "classify", "train", "--data", data, "--init-from", lm_dir, "--tokens", "word",
-                       "--out", tmp_path / "w", "--max-steps", 2, *SMALL)
+                       "--out", tmp_path / "w", "--max-steps", 2, *SMALL, "--cell", "lnlstm")
     assert_user_error(code, err, "--tokens char")
     code, _, err = run(capsys, "classify", "train", "--data", data, "--init-from", lm_dir, "--out",
-                       tmp_path / "h", "--max-steps", 2, *SMALL[:1], "24", *SMALL[2:])
+                       tmp_path / "h", "--max-steps", 2, *SMALL[:1], "24", *SMALL[2:], "--cell", "lnlstm")
     assert_user_error(code, err, "--hidden-size 16")

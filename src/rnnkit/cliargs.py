@@ -62,11 +62,14 @@ def output_file(*suffixes: str):
     return check
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str) -> list[str]:
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str,
+                       defaults: dict[str, str] | None = None) -> list[str]:
     """One ``--kebab-case`` flag per dataclass field (``metadata={"cli": False}`` skips one).
 
     Defaults are left as None so the caller can tell which flags were given; the dataclass holds the defaults.
+    ``defaults`` describes, by field name, a default the verb chooses itself (its help says so instead).
     """
+    defaults = defaults or {}
     group = parser.add_argument_group(group_title)
     hints = typing.get_type_hints(cls)
     names = []
@@ -78,7 +81,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str) -
         args = typing.get_args(kind)
         if args:  # X | None
             kind = next(a for a in args if a is not type(None))
-        help_text = f.metadata.get("help", "") + ("" if f.default is None else f" (default: {f.default})")
+        default = defaults.get(f.name, f.default)
+        help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
         if f.name == "seed" or f.name.endswith("_seed"):
             kind = seed
         if kind is bool:

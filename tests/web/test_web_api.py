@@ -46,7 +46,7 @@ def assert_error(response, status, *fragments):
 def test_info(client, loaded):
     model, vocab, _ = loaded
     info = client.get("/api/info").json()
-    assert info["cell"] == "lstm" and info["num_layers"] == 2 and info["hidden_size"] == 32
+    assert info["cell"] == "lnlstm" and info["num_layers"] == 2 and info["hidden_size"] == 32  # the CPU default
     assert info["states"] == ["h", "c"] and info["vocab"] == "".join(vocab.chars)
     assert info["parameters"] == model.num_parameters() and info["limits"]["max_length"] == 500
 
