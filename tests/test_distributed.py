@@ -145,6 +145,18 @@ def test_resume_across_world_sizes(runs):
     assert runs["launcher_stderr"].count("done: 12 steps") == 1  # rank 0 speaks, rank 1 does not
 
 
+def test_the_layer_normalised_lstm_trains_under_ddp_as_one_process_does(runs, tmp_path):
+    """The CPU's default cell, on its compiled kernels: 2 processes agree with one to 1e-4 (its state carries the
+    rounding of a 2-row against a 4-row matrix product at ~3e-5, see FLAGS)."""
+    corpus = runs["root"] / "corpus.txt"
+    flags = [*FLAGS[:-2], "--cell", "lnlstm", "--max-steps", 6]
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    cli("train", "--data", corpus, "--out", single, *flags)
+    result = launch("-m", "rnnkit", "train", "--data", corpus, "--out", ddp, "--nproc", 2, *flags)
+    assert "2 processes of 2" in result.stderr and "LNLSTM" in result.stderr
+    assert_same_run(single, ddp, atol=1e-4)
+
+
 def test_a_world_size_that_does_not_split_the_batch_is_refused(runs, capsys, tmp_path):
     run_dir = shutil.copytree(runs["root"] / "ddp-12", tmp_path / "run")
     before = (run_dir / TRAINER_STATE).read_bytes()
