@@ -225,7 +225,7 @@ class LayerNormLSTMCell(LSTMCell):
     def scan(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]] | None:
         """On the CPU in fp32 (bf16 autocast included), with no zoneout or recurrent dropout: the whole window
         through ``rnnkit.native.lnlstm`` (one matrix product and one compiled pointwise pass per step; a training
-        step of the 2x512 model took 0.658 s against 0.861 s on autograd's loop, BENCHMARKS.md). None where it
+        step of the 2x512 model took 0.592 s against 0.858 s on autograd's loop, BENCHMARKS.md). None where it
         does not apply; the layer then loops over ``step``."""
         if self.zoneout or self.recurrent_dropout:
             return None

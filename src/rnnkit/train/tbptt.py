@@ -34,7 +34,8 @@ class TrainConfig(LoopConfig):
     batch_size: int = field(default=64, metadata={"help": "parallel streams per step (B)"})
     # 8e-3 rather than the loop's 3e-3: on the 10-minute Tiny Shakespeare budget the LSTM ended at 1.435 with 5e-3
     # and with 8e-3, against 1.441 with 3e-3; the layer-normalised LSTM (`rnnkit train`'s cell on the CPU) at
-    # 1.401-1.412 over three seeds with 8e-3, against 1.408-1.411 with 5e-3 and 1.416 with 1.2e-2 (BENCHMARKS.md)
+    # 1.401-1.412 in four runs (three seeds) with 8e-3, against 1.408-1.411 with 5e-3 and 1.416 with 1.2e-2
+    # (BENCHMARKS.md)
     lr: float = field(default=8e-3, metadata={"help": "peak learning rate (AdamW)"})
     seq_len: int = field(default=128, metadata={"help": "TBPTT window: steps backpropagated per update (T)"})
     eval_streams: int = field(default=16, metadata={"help": "parallel streams for validation"})
