@@ -6,10 +6,10 @@ Paths, each stepped once per token from Python with ``next_token`` drawing in to
 per token (what a quick hand-written sampler does), rnnkit's own cells (``model.step``), ``FastStepper`` — torch's
 one-op cells — in fp32 and int8, and ``NativeLSTM.step`` (rnnkit.native's compiled step) in fp32 and int8. Then
 what ``rnnkit sample`` runs, ``rnnkit.generate.generate`` end to end, on the compiled kernels (a run of tokens per
-call, drawn in C) and on torch's path (``native=False``). With ``--run`` the model is that run's (2x512 LSTM by
-default) and the validation loss is measured through each int8 path against fp32. A layer-normalised LSTM
-(``--cell lnlstm``) has no torch.nn cell: its torch paths are rnnkit's own cells, and its only int8 path the
-kernels'; ratios are then to ``model.step``.
+call, drawn in C; on torch's threads, and once more on one thread) and on torch's path (``native=False``). With
+``--run`` the model is that run's (2x512 LSTM by default) and the validation loss is measured through each int8
+path against fp32. A layer-normalised LSTM (``--cell lnlstm``) has no torch.nn cell: its torch paths are rnnkit's
+own cells, and its only int8 path the kernels'; ratios are then to ``model.step``.
 """
 
 from __future__ import annotations
@@ -53,6 +53,19 @@ def end_to_end(model, B, n, **kwargs):
         return B * n
 
     return run
+
+
+def one_thread(run):
+    """``run`` with torch, and so the kernels' OpenMP pool, on one thread."""
+    def wrapped():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return run()
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapped
 
 
 def native_step(kernels):
@@ -111,6 +124,8 @@ def main() -> None:
             "generate, kernels, fp32": end_to_end(model, B, n),
             "generate, kernels, int8": end_to_end(model, B, n, int8=True),
             "generate, torch, fp32": end_to_end(model, B, n, native=False),
+            "generate, kernels, fp32, one thread": one_thread(end_to_end(model, B, n)),
+            "generate, kernels, int8, one thread": one_thread(end_to_end(model, B, n, int8=True)),
         }
         if fp32 is not None:  # torch.nn cells exist (not for a layer-normalised LSTM): torch's own paths too
             variants.update({
@@ -125,8 +140,8 @@ def main() -> None:
         rows += [{"batch": B, "path": k, "tokens/s": v["median"], ratio: v["median"] / base}
                  for k, v in res.items()]
     print(f"sampling speed, {model.config.num_layers}x{model.config.hidden_size} {model.config.cell.upper()} "
-          f"(tokens/s over all rows, median of interleaved rounds; {torch.get_num_threads()} torch threads, the "
-          "compiled kernels one)")
+          f"(tokens/s over all rows, median of interleaved rounds; {torch.get_num_threads()} torch threads, which "
+          "the compiled kernels share, unless one thread is named)")
     print(table(rows, ["batch", "path", "tokens/s", ratio]))
     payload = {"rows": rows, "cell": model.config.cell, "base": base_name}
     if config is not None:

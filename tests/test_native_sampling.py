@@ -199,6 +199,27 @@ def test_sampled_frequencies_follow_the_filtered_softmax(temperature, top_k, top
     assert probs.min() > 0 or freq[probs == 0].sum() == 0
 
 
+@pytest.mark.parametrize("cell", ["lstm", "lnlstm"])
+def test_products_split_among_threads_give_what_one_thread_gives(cell):
+    """At H = 256 each (1024, 256) product is large enough to split its rows among OpenMP threads; every output is
+    still one thread's whole dot product, so two threads must give one thread's logits and states bit for bit."""
+    model = lstm_model(hidden=256, cell=cell)
+    state, tok = primed(model, batch=2)
+    threads = torch.get_num_threads()
+    for int8 in (False, True):
+        kernels = NativeLSTM.for_model(model, int8)
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            try:
+                mine = kernels.state(state)
+                logits = [kernels.step(tok, mine) for _ in range(5)]
+            finally:
+                torch.set_num_threads(threads)
+            runs.append((torch.stack(logits), *(t.clone() for t in mine)))
+        assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True)), (cell, int8)
+
+
 def test_generate_takes_the_kernels_and_agrees_with_torch():
     model = lstm_model()
     greedy = generate(model, [1, 2, 3], 150, temperature=0, num_samples=2)

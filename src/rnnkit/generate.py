@@ -156,7 +156,9 @@ def generate(
         model.train(was_training)
 
 
-NATIVE_MAX_BATCH = 8  # above this, torch's batched kernels on every core beat the one-thread kernels (BENCHMARKS.md)
+# up to here the kernels (their large products split among torch's threads) are level with torch's batched path
+# in fp32 and ahead of it in int8; at 128 rows torch's fp32 matrix products pull ahead (BENCHMARKS.md)
+NATIVE_MAX_BATCH = 64
 NATIVE_CHUNK = 64  # tokens sampled per call into the kernels
 
 

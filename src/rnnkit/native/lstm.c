@@ -3,7 +3,9 @@
  * Built by rnnkit.native.build with the system C compiler (-O3 -march=native -ffast-math) and called through
  * ctypes: one call per token (rnnkit_lstm_step) or one call per run of tokens (rnnkit_lstm_generate), so no
  * Python and no per-op dispatch sits between two tokens. Plain C on purpose: the compiler turns the dot products
- * into the machine's vector instructions (vpdpbusd on AVX-512 VNNI) and expf into glibc's vector expf.
+ * into the machine's vector instructions (vpdpbusd on AVX-512 VNNI) and expf into glibc's vector expf. The large
+ * matrix-vector products split their weight rows among OpenMP threads, torch's pool (as lnlstm.c explains); each
+ * output is one thread's whole dot product, so the result does not depend on the number of threads.
  *
  * Layout (prepared in rnnkit/native/sampler.py; torch's gate order i, f, g, o, each H wide):
  *   table   (V, 4H)  layer 0's input half: embedding @ W_ih0^T + b_ih0 + b_hh0, one row per token
@@ -72,13 +74,20 @@ static void quantize(const float *x, int64_t B, int64_t K, uint8_t *xq, float *x
     }
 }
 
+/* Products of at least this many multiply-adds split their weight rows among OpenMP threads: a 2048 x 512 matrix
+ * at batch 1 (1M) does, the head (65 x 512) does not. */
+#define PARALLEL_MIN (1 << 18)
+
 /* y (B, N) += x (B, K) @ W^T for weights W (N, K), fp32 or int8 with its row scales and row sums; each weight
- * row is read once for all B rows */
+ * row is read once for all B rows. Large products split the rows among threads (torch's pool: see lnlstm.c). */
 static void matvec_w(int64_t int8, const void *weights, const float *scale, const int32_t *rowsum, const float *x,
                      int64_t B, int64_t N, int64_t K, float *y, uint8_t *xq, float *xs) {
+    const int parallel = N * K * B >= PARALLEL_MIN;
+    (void)parallel;  /* unused where OpenMP is not */
     if (int8) {
         const int8_t *w = (const int8_t *)weights;
         quantize(x, B, K, xq, xs);
+#pragma omp parallel for schedule(static) if (parallel)
         for (int64_t r = 0; r < N; r++)
             for (int64_t b = 0; b < B; b++) {
                 int32_t acc = dot_u8s8(xq + b * K, w + r * K, K) - 128 * rowsum[r];
@@ -86,6 +95,7 @@ static void matvec_w(int64_t int8, const void *weights, const float *scale, cons
             }
     } else {
         const float *w = (const float *)weights;
+#pragma omp parallel for schedule(static) if (parallel)
         for (int64_t r = 0; r < N; r++)
             for (int64_t b = 0; b < B; b++) y[b * N + r] += dot_f32(x + b * K, w + r * K, K);
     }
