@@ -32,8 +32,9 @@ SOURCES = (Path(__file__).with_name("lstm.c"), Path(__file__).with_name("lnlstm.
 # Compiled with -ffast-math (vector expf, reassociated sums) but linked without it: linking with it would add
 # crtfastmath.o, which switches the whole process's floating point to flush denormals to zero when loaded.
 FLAGS = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-std=c11"]
-# lnlstm.c's passes split their rows among OpenMP threads. Linked against libgomp.so.1, the runtime torch's CPU
-# build has already loaded, so the two share one pool of threads. A compiler without OpenMP builds without it.
+# lnlstm.c's passes and lstm.c's large products split their rows among OpenMP threads. Linked against libgomp.so.1,
+# the runtime torch's CPU build has already loaded, so the two share one pool of threads. A compiler without OpenMP
+# builds without it.
 OPENMP = ["-fopenmp"]
 MAX_LAYERS = 16  # as in lstm.c
 
