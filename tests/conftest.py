@@ -8,6 +8,7 @@ Tests that need it skip with the reason when it is absent (a user's fresh clone)
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = Path(os.environ.get("RNNKIT_TEST_DATA", REPO.parent / "shared" / "data"))
 
+
+
+@contextmanager
+def torch_threads(n: int):
+    """torch's thread count (which rnnkit.native's OpenMP passes share) set to ``n``, and restored on leaving."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
 
 def require_data(relative: str) -> Path:
     path = TEST_DATA / relative

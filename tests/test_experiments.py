@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import torch_threads
 
 from rnnkit.cli import main as cli_main
 from rnnkit.errors import ConfigError
@@ -27,10 +28,8 @@ from rnnkit.nn import Recurrent
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield
 
 
 def main(*argv) -> int:

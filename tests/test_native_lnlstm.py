@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import require_tool
+from conftest import require_tool, torch_threads
 
 from rnnkit import native
 from rnnkit.native import lnlstm
@@ -77,10 +77,8 @@ def test_the_cell_takes_the_native_path_on_fp32_cpu_tensors():
 @pytest.fixture
 def threads(request):
     """torch's thread count, which the kernels' OpenMP passes share, set to the test's parameter and restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
+    with torch_threads(request.param):
+        yield request.param
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)

@@ -9,7 +9,7 @@ import ctypes
 import numpy as np
 import pytest
 import torch
-from conftest import require_tool
+from conftest import require_tool, torch_threads
 from test_cli import SMALL, run
 
 from rnnkit import native
@@ -205,17 +205,13 @@ def test_products_split_among_threads_give_what_one_thread_gives(cell):
     still one thread's whole dot product, so two threads must give one thread's logits and states bit for bit."""
     model = lstm_model(hidden=256, cell=cell)
     state, tok = primed(model, batch=2)
-    threads = torch.get_num_threads()
     for int8 in (False, True):
         kernels = NativeLSTM.for_model(model, int8)
         runs = []
         for n in (1, 2):
-            torch.set_num_threads(n)
-            try:
+            with torch_threads(n):
                 mine = kernels.state(state)
                 logits = [kernels.step(tok, mine) for _ in range(5)]
-            finally:
-                torch.set_num_threads(threads)
             runs.append((torch.stack(logits), *(t.clone() for t in mine)))
         assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True)), (cell, int8)
 
