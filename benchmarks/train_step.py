@@ -3,11 +3,12 @@
     python benchmarks/train_step.py [--rounds 3] [--steps 4]
 
 The model and batch of `rnnkit train`'s defaults (embedding 128, 2x512, batch 64 x window 128, bf16 autocast,
-weight drop 0.2, AdamW): the fused LSTM; the layer-normalised LSTM on its compiled kernels (rnnkit.native.lnlstm);
-and the same LN-LSTM on autograd's loop over its cell (RNNKIT_NATIVE=0). Each with glibc's default heap and with
-``rnnkit.heap.keep_freed_memory`` (what the command line sets). The heap is a per-process setting, so every
-variant runs in a fresh process each round; rounds rotate the order. Reports the median over rounds and the ratio
-to the fused LSTM with the default heap, from this run, and each process's peak resident memory.
+weight drop 0.2, activation regularisation, AdamW): the fused LSTM; the layer-normalised LSTM on its compiled
+kernels (rnnkit.native.lnlstm); and the same LN-LSTM on autograd's loop over its cell (RNNKIT_NATIVE=0). Each
+with glibc's default heap and with ``rnnkit.heap.keep_freed_memory`` (what the command line sets). The heap is a
+per-process setting, so every variant runs in a fresh process each round; rounds rotate the order. Reports the
+median over rounds and the ratio to the fused LSTM with the default heap, from this run, and each process's peak
+resident memory.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ x, y = torch.randint(0, 65, (64, 128)), torch.randint(0, 65, (64, 128))
 def step():
     with torch.autocast("cpu", torch.bfloat16):
         out = model(x, None, y)
-    out.loss.backward()
+    out.objective().backward()
     opt.step()
     opt.zero_grad()
 for _ in range(2):

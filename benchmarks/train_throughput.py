@@ -73,7 +73,9 @@ def raw_loop(ids, V, B, T, precision, steps, device="cpu"):
 
 def rnnkit_loop(ids, V, B, T, precision, steps, run_dir, device="cpu"):
     torch.manual_seed(0)
-    model = LanguageModel(LanguageModelConfig(vocab_size=V, weight_drop=0.0))  # the raw loop's model: no DropConnect
+    # the raw loop's model: no DropConnect, no activation regularisation
+    model = LanguageModel(LanguageModelConfig(vocab_size=V, weight_drop=0.0, activation_reg=0.0,
+                                              temporal_activation_reg=0.0))
     train, val = split_tokens(ids)
     trainer = Trainer(model, train, val, TrainConfig(batch_size=B, seq_len=T, precision=precision, device=device,
                                                      max_steps=10**9), run_dir, show_progress=False)

@@ -135,6 +135,8 @@ def test_corpus_errors(tmp_path, capsys, content, fragment):
     (["--hidden-size", "abc"], "invalid int value"),
     (["--device", "tpu"], "device"),
     (["--lr", "-1"], "lr must be positive"),
+    (["--activation-reg", "-1"], "--activation-reg such as 1"),
+    (["--temporal-activation-reg", "-2"], "--temporal-activation-reg such as 1"),
 ])
 def test_invalid_train_flags(small_corpus, tmp_path, capsys, flags, fragment):
     code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 2, "--out", tmp_path / "r", *SMALL,

@@ -36,6 +36,36 @@ def test_forward_contract_and_loss_against_reference(cell):
     assert no_targets.loss is None and isinstance(no_targets, Output)
 
 
+def test_activation_regularisation_against_reference():
+    """AR + TAR on the top layer's outputs in training mode, kept out of ``loss``; nothing in eval mode."""
+    model = make(activation_reg=2.0, temporal_activation_reg=0.5).double()
+    x, y = torch.randint(0, 11, (3, 7)), torch.randint(0, 11, (3, 7))
+    out = model.train()(x, targets=y)
+    h, _ = model.rnn.to_torch()(model.embedding(x))  # no dropout, no weight drop: training mode is deterministic
+    expected = 2.0 * h.pow(2).mean() + 0.5 * (h[:, 1:] - h[:, :-1]).pow(2).mean()
+    torch.testing.assert_close(out.penalty, expected)
+    plain = model.eval()(x, targets=y)
+    assert plain.penalty is None
+    torch.testing.assert_close(out.loss, plain.loss)  # the penalty is not in the loss...
+    torch.testing.assert_close(out.objective(), plain.loss + expected)  # ...but in what a trainer minimises
+    assert plain.objective() is plain.loss
+    only_ar = make(activation_reg=3.0, temporal_activation_reg=0.0).double()
+    only_ar.load_state_dict(model.state_dict())
+    torch.testing.assert_close(only_ar.train()(x).penalty, 3.0 * h.pow(2).mean())
+    assert make(activation_reg=0.0, temporal_activation_reg=0.0).train()(x).penalty is None
+    one_step = model.train()(x[:, :1]).penalty  # a single step has no change to penalise
+    torch.testing.assert_close(one_step, 2.0 * h[:, :1].pow(2).mean())
+
+
+def test_configs_saved_before_activation_regularisation_load_without_it():
+    saved = make().config.to_dict()
+    for name in ("weight_drop", "activation_reg", "temporal_activation_reg"):
+        del saved[name]
+    config = LanguageModelConfig(**{**LanguageModelConfig.SAVED_WITHOUT, **saved})
+    assert (config.weight_drop, config.activation_reg, config.temporal_activation_reg) == (0.0, 0.0, 0.0)
+    assert LanguageModelConfig(vocab_size=5).activation_reg > 0  # while a new run has it on
+
+
 def test_state_carries_between_calls():
     model = make().double().eval()
     x = torch.randint(0, 11, (2, 10))
@@ -64,6 +94,7 @@ def test_weight_tying_shares_one_matrix():
 @pytest.mark.parametrize("bad, match", [
     (dict(cell="transformer"), "unknown cell"), (dict(hidden_size=0), "hidden_size"),
     (dict(num_layers=-1), "num_layers"), (dict(dropout=1.0), "dropout"), (dict(path="gpu"), "unknown path"),
+    (dict(activation_reg=-0.5), "activation_reg must be"), (dict(temporal_activation_reg=float("inf")), "temporal_"),
 ])
 def test_config_errors(bad, match):
     with pytest.raises(ConfigError, match=match):

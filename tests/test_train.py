@@ -83,6 +83,34 @@ def test_trainer_carries_state_between_steps(small_corpus, tmp_path):
         torch.testing.assert_close(got, want)
 
 
+@pytest.mark.parametrize("reg", ["activation_reg", "temporal_activation_reg"])
+def test_activation_regularisation_is_trained_on_but_not_logged(small_corpus, tmp_path, reg):
+    """A strong AR (TAR) makes the top layer's outputs (their step-to-step changes) far smaller than the same run
+    without; the loss a step returns is the plain cross-entropy, the penalty left out."""
+    vocab, ids = tokens_of(small_corpus, 4000)
+    x = torch.as_tensor(ids[:200].astype(np.int64))[None]
+    measure = {"activation_reg": lambda h: h.pow(2).mean(),
+               "temporal_activation_reg": lambda h: (h[:, 1:] - h[:, :-1]).pow(2).mean()}[reg]
+    sizes = {}
+    for strength in (0.0, 3000.0):
+        torch.manual_seed(0)
+        off = {"activation_reg": 0.0, "temporal_activation_reg": 0.0}
+        model = LanguageModel(LanguageModelConfig(vocab_size=len(vocab), hidden_size=16, num_layers=2,
+                                                  embedding_size=8, weight_drop=0.0, **{**off, reg: strength}))
+        trainer = make_trainer(model, ids, tmp_path / f"{reg}-{strength}", lr=1e-2)
+        for _ in range(40):
+            trainer.train_step()
+        with torch.no_grad():
+            sizes[strength] = float(measure(model.rnn(model.embedding(x))[0]))
+        trainer.optimizer.step = lambda *a, **k: None  # frozen: the step's loss can be recomputed
+        state = trainer.state
+        loss, _, _ = trainer.train_step()
+        xw, yw = Streams(trainer.train_tokens, 4, 16).window(40)
+        with torch.no_grad():
+            torch.testing.assert_close(loss, model.eval()(xw, state, yw).loss)
+    assert sizes[3000.0] < 0.3 * sizes[0.0], sizes
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_resume_is_exact(small_corpus, tmp_path, cell):
     """N steps + stop + resume N steps == 2N steps straight, bitwise on CPU (dropout on: RNG restored;

@@ -29,9 +29,17 @@ class Output(NamedTuple):
     """``forward(x, state=None, targets=None)`` of every rnnkit model returns this.
 
     ``logits`` — the model's scores (``(B, T, V)`` for a language model); ``loss`` — the mean loss over valid
-    targets, or ``None`` when no targets were given; ``state`` — the recurrent state after the last step.
+    targets, or ``None`` when no targets were given; ``state`` — the recurrent state after the last step;
+    ``penalty`` — a training-only regularisation term that trainers add to ``loss`` before the backward pass (the
+    language model's activation regularisation), or ``None``. It stays out of ``loss``, so that the training loss
+    a trainer logs is the same measure as the validation loss.
     """
 
     logits: Tensor
     loss: Tensor | None
     state: State | None
+    penalty: Tensor | None = None
+
+    def objective(self) -> Tensor:
+        """What a trainer minimises: ``loss``, plus ``penalty`` when the model gave one."""
+        return self.loss if self.penalty is None else self.loss + self.penalty

@@ -115,7 +115,7 @@ class BatchTrainer(LoopTrainer):
         self.model.train()
         with self.autocast():
             out = self.forward(batch)
-        norm = self.optimize(out.loss)
+        norm = self.optimize(out.objective())
         return out.loss.detach(), norm, self.tokens(batch)
 
     def validate(self) -> dict:

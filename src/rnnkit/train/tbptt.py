@@ -154,7 +154,8 @@ class Trainer(LoopTrainer):
 
     # -- the LoopTrainer hooks -------------------------------------------------------------------------------
     def train_step(self) -> tuple[Tensor, Tensor, int]:
-        """One TBPTT window: forward with the carried state, backward, clip, AdamW. Returns (loss, norm, tokens)."""
+        """One TBPTT window: forward with the carried state, backward, clip, AdamW. Returns (loss, norm, tokens):
+        the loss without the model's penalty, the measure validation reports."""
         x, y, batch_targets, targets = self._next_batch()
         self.train_model.train()
         with self.autocast():
@@ -164,7 +165,8 @@ class Trainer(LoopTrainer):
             else:
                 out = self.train_model(x, self.state)
                 loss = shard_loss(out.logits, y, batch_targets, self.ranks.size)
-        norm = self.optimize(loss)
+        # a penalty is each rank's mean over its own streams, which DDP's averaging makes the whole batch's mean
+        norm = self.optimize(loss if out.penalty is None else loss + out.penalty)
         self.state = detach_state(out.state)
         return loss.detach(), norm, targets
 
