@@ -2,7 +2,7 @@
 one pass over the training examples per epoch, validation loss (and accuracy for classes) on held-out examples.
 
 Works with any model whose ``forward(x, state=None, targets=None, lengths=None)`` returns ``Output`` with a
-mean loss over the batch.
+mean loss over the batch; it minimises ``Output.objective()``, the loss plus any training penalty.
 """
 
 from __future__ import annotations

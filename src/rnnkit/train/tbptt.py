@@ -1,6 +1,7 @@
 """The language-model trainer: stateful truncated BPTT over token streams.
 
-Works with any model that has ``init_state(B)`` and ``forward(x, state, targets) -> Output(logits, loss, state)``.
+Works with any model that has ``init_state(B)`` and ``forward(x, state, targets) -> Output(logits, loss, state)``;
+an ``Output.penalty`` (the language model's activation regularisation) is added to the loss it minimises.
 Shape letters: B streams (batch), T window length, V vocabulary.
 
 In a data-parallel run (``ranks``, see ``rnnkit.train.distributed``) rank r trains on its slice of the B streams
