@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from rnnkit.checkpoint import build_model
 from rnnkit.data import CharVocab
 from rnnkit.errors import ConfigError
 from rnnkit.models import LanguageModel, LanguageModelConfig, Output
@@ -58,10 +59,13 @@ def test_activation_regularisation_against_reference():
 
 
 def test_configs_saved_before_activation_regularisation_load_without_it():
-    saved = make().config.to_dict()
+    """A run's config.json from before these fields existed rebuilds (``build_model``, what resume and sample use)
+    the model it trained, without them; a config that names them keeps its values."""
+    saved = make(weight_drop=0.1, activation_reg=0.5).config.to_dict()
+    assert build_model({"kind": "language_model", "model": saved}).config.activation_reg == 0.5
     for name in ("weight_drop", "activation_reg", "temporal_activation_reg"):
         del saved[name]
-    config = LanguageModelConfig(**{**LanguageModelConfig.SAVED_WITHOUT, **saved})
+    config = build_model({"kind": "language_model", "model": saved}).config
     assert (config.weight_drop, config.activation_reg, config.temporal_activation_reg) == (0.0, 0.0, 0.0)
     assert LanguageModelConfig(vocab_size=5).activation_reg > 0  # while a new run has it on
 
