@@ -166,8 +166,8 @@ class Trainer(LoopTrainer):
             else:
                 out = self.train_model(x, self.state)
                 loss = shard_loss(out.logits, y, batch_targets, self.ranks.size)
-        # a penalty is each rank's mean over its own streams, which DDP's averaging makes the whole batch's mean
-        norm = self.optimize(loss if out.penalty is None else loss + out.penalty)
+        # the penalty is each rank's mean over its own streams, which DDP's averaging makes the whole batch's mean
+        norm = self.optimize(out._replace(loss=loss).objective())
         self.state = detach_state(out.state)
         return loss.detach(), norm, targets
 
