@@ -185,6 +185,21 @@ def test_schedule_warms_up_then_decays_to_the_floor(small_corpus, tmp_path):
     assert lrs[100] == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_validation_runs_at_the_training_precision(small_corpus, tmp_path, precision):
+    vocab, ids = tokens_of(small_corpus)
+    torch.manual_seed(0)
+    trainer = make_trainer(make_model(len(vocab), hidden=64), ids, tmp_path / "run", precision=precision,
+                           max_steps=3, eval_streams=4)
+    logged = trainer.fit()["val_loss"]
+    val = split_tokens(ids)[1]
+    fp32 = evaluate(trainer.model, val, 4, torch.device("cpu"))  # what `rnnkit eval` reports
+    with torch.autocast("cpu", torch.bfloat16):
+        bf16 = evaluate(trainer.model, val, 4, torch.device("cpu"))
+    assert fp32 != bf16 and abs(fp32 - bf16) < 0.01  # distinguishable, and close
+    assert logged == (bf16 if precision == "bf16" else fp32)
+
+
 def test_wall_budget_stops_training(small_corpus, tmp_path):
     vocab, ids = tokens_of(small_corpus, 4000)
     trainer = make_trainer(make_model(len(vocab)), ids, tmp_path / "run", minutes=0.01)

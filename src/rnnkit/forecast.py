@@ -48,12 +48,11 @@ class ForecastDataConfig:
 
 @dataclass
 class ForecastTrainConfig(BatchTrainConfig):
-    """A forecasting run: small data, so frequent validation and fp32 by default."""
+    """A forecasting run: small data, so frequent validation (fp32, as every batch trainer by default)."""
 
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate (AdamW)"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
     eval_interval: int = field(default=10, metadata={"help": "validate and checkpoint every N steps"})
-    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 (autocast matrix products)"})
 
 
 #: settings for the named series, chosen by MAE on the validation tail of the training part (never the test part;

@@ -31,7 +31,8 @@ class BatchTrainConfig(LoopConfig):
     warmup_steps: int = field(default=20, metadata={"help": "linear warm-up steps"})
     # fp32: on the small models and batches of these tasks bf16 autocast is slower on CPU, not faster (JapaneseVowels,
     # GRU 64, batch 16: 27 s bf16 against 18 s fp32 for the same 750 steps)
-    precision: str = field(default="fp32", metadata={"help": "fp32, or bf16 (autocast: bfloat16 matrix products)"})
+    precision: str = field(default="fp32", metadata={
+        "help": "fp32, or bf16 (autocast: bfloat16 matrix products in training and validation)"})
     epochs: float | None = field(default=None, metadata={
         "help": "passes over the training examples (sets --max-steps; default 20 when no budget is given)"})
 

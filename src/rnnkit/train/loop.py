@@ -61,7 +61,8 @@ class LoopConfig:
     seed: int = field(default=1337, metadata={"help": "random seed (initialisation, dropout, data order)"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:N"})
     precision: str = field(default="bf16", metadata={
-        "help": "fp32, or bf16 (autocast: bfloat16 matrix products, fp32 weights, optimizer and validation)"})
+        "help": "fp32, or bf16 (autocast: bfloat16 matrix products in training and validation; fp32 weights and "
+                "optimizer; rnnkit eval scores in fp32)"})
     ema: float = field(default=0.0, metadata={
         "help": "keep an exponential moving average of the weights with this decay (e.g. 0.999); validation, "
                 "checkpoints and samples use it; 0 for none"})
@@ -330,7 +331,7 @@ class LoopTrainer(ABC):
         t0 = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad(), self.averaged_weights():
+        with torch.no_grad(), self.averaged_weights(), self.autocast():  # the precision training runs at
             figures = self.validate()
         self.model.train(was_training)
         val = figures["val_loss"]
