@@ -43,8 +43,8 @@ class LanguageModelConfig:
         "help": "DropConnect on the recurrent weights, one mask per training window (AWD-LSTM; either path); "
                 "0 for none"})
     # AWD-LSTM's activation regularisation (Merity et al., 2017), on the top layer's outputs while training.
-    # AR 2 / TAR 1 (AWD-LSTM's values): `rnnkit train`'s 10-minute Tiny Shakespeare run ended at 1.3845-1.3896
-    # nats/char over three seeds, against 1.4026-1.4120 without (BENCHMARKS.md, time to quality)
+    # AR 2 / TAR 1 (AWD-LSTM's values): `rnnkit train`'s 10-minute Tiny Shakespeare run, then at weight decay
+    # 0.01, ended at 1.3845-1.3896 nats/char over three seeds, against 1.4026-1.4120 without (BENCHMARKS.md)
     activation_reg: float = field(default=2.0, metadata={
         "help": "AR: while training, add this times the mean square of the top layer's outputs to the loss; 0 for "
                 "none"})
