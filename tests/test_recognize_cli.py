@@ -92,6 +92,67 @@ def test_lm_text_is_the_training_part_of_the_corpus_only(hw_dataset):
     assert 0.85 < len(labels) / len(speech.read_sentences(text)) < 0.95
 
 
+def test_a_character_lm_trained_on_lm_text_weighs_the_beam(run_dir, hw_dataset, capsys, tmp_path):
+    """rnnkit data lm-text -> rnnkit train -> recognize eval|predict --lm: the text is the dataset's training
+    transcripts and the corpus's training part, each once, in a seeded order; the LM run decodes both verbs."""
+    from rnnkit.data.recognition import lm_sentences, transcripts
+
+    text = require_data("spa-eng/spa.txt")
+    lines = tmp_path / "lm.txt"
+    code, out, err = run(capsys, "data", "lm-text", hw_dataset, lines, "--text", text, "--seed", 3)
+    assert code == 0, err
+    got = lines.read_text(encoding="utf-8").splitlines()
+    train = transcripts(hw_dataset, "train")
+    assert json.loads(out)["lines"] == len(got) == len(set(got))
+    assert set(got) == set(lm_sentences(hw_dataset, text)) | set(train)
+    assert got[:50] != sorted(got[:50], key=len)  # shuffled: the corpus runs from short sentences to long ones
+    code, _, err = run(capsys, "data", "lm-text", hw_dataset, lines)
+    assert_user_error(code, err, "exists")
+    code, out, err = run(capsys, "data", "lm-text", hw_dataset, tmp_path / "own.txt")
+    assert code == 0, err
+    assert sorted((tmp_path / "own.txt").read_text(encoding="utf-8").splitlines()) == sorted(set(train))
+
+    lm_run = tmp_path / "lm"
+    code, _, err = run(capsys, "train", "--data", lines, "--max-steps", 20, "--out", lm_run, "--hidden-size", 32,
+                       "--num-layers", 1, "--embedding-size", 16, "--batch-size", 8, "--seq-len", 32, "--quiet",
+                       "--sample-length", 0, "--precision", "fp32")
+    assert code == 0, err
+    code, out, err = run(capsys, "recognize", "eval", run_dir, "--beam", "4", "--lm", lm_run, "--lm-weight", "0.5",
+                         "--char-bonus", "0.5", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["lm"] == str(lm_run) and result["lm_order"] == 0 and result["lm_weight"] == 0.5
+    assert 0 <= result["cer"] and "cer_greedy" in result
+    assert "never read '" in err  # the alphabet holds characters no training line has (e.g. "&"): scored, told
+    image = hw_dataset / "test" / "000000.png"
+    code, out, err = run(capsys, "recognize", "predict", run_dir, image, "--beam", "4", "--lm", lm_run, "--json")
+    assert code == 0, err
+    assert isinstance(json.loads(out)["text"], str)
+
+    narrow = tmp_path / "narrow.txt"  # an LM that never saw most of the recogniser's characters
+    narrow.write_text("abc\n" * 200, encoding="utf-8")
+    narrow_run = tmp_path / "narrow"
+    code, _, err = run(capsys, "train", "--data", narrow, "--max-steps", 2, "--out", narrow_run, "--hidden-size", 8,
+                       "--num-layers", 1, "--embedding-size", 8, "--batch-size", 2, "--seq-len", 8, "--quiet",
+                       "--sample-length", 0, "--precision", "fp32")
+    assert code == 0, err
+    for argv, fragment in [
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm", lm_run, "--lm-order", "3"], "give one of them"),
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm", lm_run, "--lm-text", text], "drop --lm-text"),
+        (["recognize", "eval", run_dir, "--lm", lm_run], "--beam >= 2"),
+        (["recognize", "predict", run_dir, image, "--lm", lm_run], "--beam >= 2"),
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm", run_dir], "language_model"),
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm", narrow_run], "vocabulary lacks"),
+        (["recognize", "predict", run_dir, image, "--beam", "4", "--lm-weight", "1"], "--lm-weight shapes"),
+        (["data", "lm-text", hw_dataset, tmp_path / "x.txt", "--text", tmp_path / "none.txt"], "not found"),
+        (["data", "lm-text", tmp_path, tmp_path / "y.txt"], "dataset.json"),
+        (["data", "lm-text", hw_dataset, tmp_path / "lm.csv"], ".txt"),
+    ]:
+        code, _, err = run(capsys, *argv)
+        assert_user_error(code, err, fragment)
+    assert not (tmp_path / "x.txt").exists() and not (tmp_path / "y.txt").exists()
+
+
 def test_predict_reads_images_the_dataset_did_not_make(run_dir, hw_dataset, capsys, tmp_path):
     """A user's image: RGB, white border, another size — frames come out at the model's height."""
     src = Image.open(hw_dataset / "test" / "000000.png").convert("RGB")
@@ -178,6 +239,7 @@ def test_user_errors(run_dir, hw_dataset, capsys, tmp_path):
         (["recognize", "eval", run_dir, "--split", "nope"], "no split"),
         (["recognize", "eval", tmp_path], "config.json"),
         (["recognize", "eval", run_dir, "--lm-order", "3"], "--beam"),
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm-order", "-1"], "--lm-order must be >= 1"),
         (["recognize", "eval", run_dir, "--beam", "4", "--lm-text", hw_dataset / "dataset.json"], "--lm-order"),
         (["recognize", "eval", run_dir, "--beam", "4", "--lm-weight", "2"], "--lm-weight shapes the language model"),
         (["recognize", "eval", run_dir, "--char-bonus", "1"], "--char-bonus shapes the language model"),

@@ -22,7 +22,8 @@ Decisions:
 - Language model (shallow fusion) and insertion bonus are a function of the prefix alone — ``lm_weight * log
   P_lm(c | prefix) + word_bonus`` summed over the appended characters — kept apart from the CTC probability, so
   merging two paths into one prefix never mixes scores; the ranking is CTC log-prob + that sum. The LM is called
-  once per distinct prefix (cached).
+  once per distinct prefix (cached); an LM with a ``rows(prefixes) -> (n, K)`` method gets each frame's new
+  prefixes in one call instead (a recurrent LM steps them as one batch).
 - Error rates are corpus-level: total edits / total reference length, not a mean of per-line rates (short lines
   would weigh as much as long ones). The alignment counts come from jiwer, the standard tool; words are split on
   any whitespace, characters are counted on each line stripped of leading and trailing whitespace.
@@ -115,14 +116,18 @@ def prefix_beam_search(log_probs: Tensor | np.ndarray, beam: int = 10, lm: Langu
     use_lm = lm is not None and lm_weight != 0.0
     lm_cache: dict[tuple[int, ...], np.ndarray] = {}
 
-    def lm_row(prefix: tuple[int, ...]) -> np.ndarray:
-        row = lm_cache.get(prefix)
-        if row is None:
-            row = torch.as_tensor(lm(prefix)).detach().to("cpu", torch.float64).numpy().reshape(-1)
-            if row.shape[0] != K:
-                raise ConfigError(f"the language model must return {K} log-probs, one per class (got {row.shape[0]})")
-            lm_cache[prefix] = row
-        return row
+    def lm_rows(prefixes: list[tuple[int, ...]]) -> np.ndarray:
+        """``(len(prefixes), K)``: each prefix's next-class log-probs, the new ones asked for in one call."""
+        todo = [p for p in prefixes if p not in lm_cache]
+        if todo:
+            rows = lm.rows(todo) if hasattr(lm, "rows") else [lm(p) for p in todo]
+            for p, row in zip(todo, rows, strict=True):
+                row = torch.as_tensor(row).detach().to("cpu", torch.float64).numpy().reshape(-1)
+                if row.shape[0] != K:
+                    raise ConfigError(f"the language model must return {K} log-probs, one per class "
+                                      f"(got {row.shape[0]})")
+                lm_cache[p] = row
+        return np.stack([lm_cache[p] for p in prefixes])
 
     chars = np.array([c for c in range(K) if c != blank], dtype=np.int64)
     top = beam + 1  # without an LM, a class below the frame's top beam + 1 never makes the beam (docstring)
@@ -152,7 +157,7 @@ def prefix_beam_search(log_probs: Tensor | np.ndarray, beam: int = 10, lm: Langu
             ext[parents[hit], col_of[ch][hit]] = _NEG_INF
         ext_extra = np.repeat(extra + word_bonus, c)
         if use_lm:
-            ext_extra += lm_weight * np.stack([lm_row(p) for p in prefixes])[:, cand].ravel()
+            ext_extra += lm_weight * lm_rows(prefixes)[:, cand].ravel()
         scores = np.concatenate([np.logaddexp(stay_b, stay_nb) + extra, ext.ravel() + ext_extra])
         keep = np.argpartition(-scores, beam - 1)[:beam] if len(scores) > beam else np.arange(len(scores))
         keep = keep[np.argsort(-scores[keep], kind="stable")]

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from rnnkit.cli.common import info
-from rnnkit.cliargs import Parser, seed
+from rnnkit.cliargs import Parser, output_file, seed
 from rnnkit.errors import ConfigError
 
 DEFAULT_TEXT = "../shared/data/spa-eng/spa.txt"
@@ -60,6 +60,19 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="synthesis processes (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_speech)
+
+    p = verbs.add_parser("lm-text", help="a dataset's training text, one sentence per line, for rnnkit train",
+                         description="Write what a character language model for a recognition dataset may read: its "
+                                     "training transcripts and, with --text, the sentences of that corpus which the "
+                                     "dataset's text split puts in its training part (never a validation or test "
+                                     "sentence), each once, shuffled. Train on it with rnnkit train --data FILE, then "
+                                     "decode with rnnkit recognize eval RUN --beam 10 --lm LM_RUN.")
+    p.add_argument("dataset", type=Path, metavar="DATASET_DIR", help="built by rnnkit data handwriting|speech")
+    p.add_argument("out", type=output_file(".txt"), metavar="FILE", help="the text file to write (a new one)")
+    p.add_argument("--text", type=Path, default=None,
+                   help="the corpus the dataset was built from, for more sentences (default: the transcripts only)")
+    p.add_argument("--seed", type=seed, default=0, help="the order of the lines (default: 0)")
+    p.set_defaults(func=cmd_lm_text)
 
 
 def _text(args: argparse.Namespace) -> Path:
@@ -113,3 +126,19 @@ def cmd_speech(args: argparse.Namespace) -> int:
     if args.workers <= 0:
         raise ConfigError(f"--workers must be positive (got {args.workers}) — e.g. --workers 2")
     return _summary(build_speech(args.out, spec, progress=not args.quiet, workers=args.workers), args.out)
+
+
+def cmd_lm_text(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import atomic_write
+    from rnnkit.data.recognition import lm_lines
+
+    if args.out.exists():
+        raise ConfigError(f"{args.out} exists — name a new file (or remove it first)")
+    if args.text is not None and not args.text.is_file():
+        raise ConfigError(f"{args.text} not found — pass --text PATH, the corpus the dataset was built from")
+    lines = lm_lines(args.dataset, args.text, args.seed)
+    atomic_write(args.out, "".join(f"{line}\n" for line in lines).encode("utf-8"))
+    info(f"wrote {len(lines):,} lines to {args.out}; train a character model on it with: "
+         f"rnnkit train --data {args.out} --out LM_RUN")
+    print(json.dumps({"out": str(args.out), "lines": len(lines), "chars": sum(len(x) + 1 for x in lines)}))
+    return 0

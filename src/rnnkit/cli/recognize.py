@@ -43,6 +43,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("inputs", nargs="+", type=Path, metavar="FILE", help="PNG/JPEG images or WAV files")
     p.add_argument("--beam", type=int, default=1, metavar="K", help="prefix beam search width; 1 is greedy")
+    _add_lm_args(p)
     p.add_argument("--png", type=output_file(".png"), metavar="FILE",
                    help="draw the first input with its best path under it (where each character was emitted)")
     p.add_argument("--json", action="store_true", help="one JSON object per input")
@@ -54,22 +55,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, metavar="DIR", help="the dataset (default: the one the run trained on)")
     p.add_argument("--split", help="split to score (default: test, and the same text in training hands/voices)")
     p.add_argument("--beam", type=int, default=1, metavar="K", help="prefix beam search width; 1 is greedy")
-    p.add_argument("--lm-order", type=int, default=0, metavar="N",
-                   help="with --beam: weigh prefixes by a character N-gram of the dataset's training and validation "
-                        "text (0: none)")
-    p.add_argument("--lm-text", type=Path, metavar="FILE",
-                   help="with --lm-order: the n-gram also reads the sentences of FILE that the dataset's text split "
-                        "puts in its training part (e.g. the corpus the dataset was built from); held-out sentences "
-                        "are never read")
-    p.add_argument("--lm-weight", type=float, help="with --lm-order: weight of the language model's log-probability "
-                                                   "(default: 0.5)")
-    p.add_argument("--char-bonus", type=float, help="with --lm-order: score added per emitted character (default: 0)")
+    _add_lm_args(p)
     p.add_argument("--examples", type=int, default=5, help="transcripts to print with their references")
     p.add_argument("--png", type=output_file(".png"),
                    metavar="FILE", help="draw the first scored line with its best path")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
+
+
+def _add_lm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lm", type=Path, metavar="RUN_DIR",
+                   help="with --beam: weigh prefixes by a character language model, a run of rnnkit train on lines of "
+                        "the recogniser's text (rnnkit data lm-text writes them)")
+    p.add_argument("--lm-order", type=int, default=0, metavar="N",
+                   help="with --beam: weigh prefixes by a character N-gram of the dataset's training and validation "
+                        "text instead (0: none)")
+    p.add_argument("--lm-text", type=Path, metavar="FILE",
+                   help="with --lm-order: the n-gram also reads the sentences of FILE that the dataset's text split "
+                        "puts in its training part (e.g. the corpus the dataset was built from); held-out sentences "
+                        "are never read")
+    p.add_argument("--lm-weight", type=float, help="with --lm or --lm-order: weight of the language model's "
+                                                   "log-probability (default: 0.5)")
+    p.add_argument("--char-bonus", type=float, help="with --lm or --lm-order: score added per emitted character "
+                                                    "(default: 0)")
 
 
 # -- train ---------------------------------------------------------------------------------------------------
@@ -170,6 +179,58 @@ def _load(args: argparse.Namespace):
     return model, Alphabet(config["data"]["info"]["alphabet"]), config, device
 
 
+def _language_model(args: argparse.Namespace, root, alphabet, device, tuning: bool):
+    """The beam search's language model from ``--lm`` or ``--lm-order`` (None without either); fills in the
+    defaults of ``--lm-weight`` and ``--char-bonus``. ``tuning``: the validation text is being scored, so the n-gram
+    must not read it."""
+    for flag in ("lm_text", "lm_weight", "char_bonus"):
+        if getattr(args, flag) is not None and not (args.lm_order or args.lm):
+            raise ConfigError(f"--{flag.replace('_', '-')} shapes the language model — give --lm RUN_DIR or "
+                              "--lm-order too, e.g. --beam 10 --lm-order 5")
+    args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
+    args.char_bonus = 0.0 if args.char_bonus is None else args.char_bonus
+    if args.lm and args.lm_order:
+        raise ConfigError("--lm and --lm-order are two language models — give one of them")
+    if not (args.lm or args.lm_order):
+        return None
+    if args.lm_order < 0:
+        raise ConfigError(f"--lm-order must be >= 1 (got {args.lm_order}) — e.g. --beam 10 --lm-order 5")
+    if args.beam < 2:
+        raise ConfigError(f"a language model weighs the beam search's prefixes — give --beam >= 2 (got {args.beam}), "
+                          "e.g. --beam 10")
+    if args.lm:
+        if args.lm_text is not None:
+            raise ConfigError("--lm-text is text for the n-gram (--lm-order); the recurrent LM of --lm read its own "
+                              "text when it was trained — drop --lm-text")
+        from rnnkit.checkpoint import load_run
+        from rnnkit.data.recognition import transcripts
+        from rnnkit.errors import CorpusError
+        from rnnkit.recognize import RecurrentCharLM
+
+        try:  # what the LM must have read: every character of the recogniser's training text
+            required = "".join(sorted(set("".join(transcripts(root, "train")))))
+        except CorpusError:  # the dataset is not on this machine (predict): the newline only
+            required = ""
+        model, vocab, _ = load_run(args.lm, "best", device)
+        lm = RecurrentCharLM(model, vocab, alphabet, required)
+        if lm.missing:
+            info(f"the language model never read {lm.missing!r} (outside the recogniser's training text): they "
+                 "score as its least likely character")
+        return lm
+    from rnnkit.data.recognition import lm_sentences, transcripts
+    from rnnkit.recognize import char_lm
+
+    # scoring the validation text (to choose --lm-weight), the LM must not have read it: it is tuned on a tenth
+    # of the training text instead (of the corpus's sentences with --lm-text: the transcripts are drawn from them)
+    train_text = lm_sentences(root, args.lm_text) if args.lm_text else transcripts(root, "train")
+    if tuning:
+        train_text, val_text = [s for i, s in enumerate(train_text) if i % 10], train_text[::10]
+    else:
+        train_text += transcripts(root, "train") if args.lm_text else []
+        val_text = transcripts(root, "val")
+    return char_lm(train_text, val_text, alphabet, args.lm_order)
+
+
 def _draw(model, utterances, result, alphabet, data_info: dict, path: Path, title: str) -> None:
     from rnnkit.recognize import plot_alignment
 
@@ -193,7 +254,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError(f"{path} is not a file — pass images (handwriting) or WAV files (speech)")
         frames.append(featurize(path))
     utterances = Utterances(frames, [[] for _ in frames])
-    result = transcribe(model, utterances, alphabet, device, beam=args.beam, references=False)
+    lm = _language_model(args, config["data"]["root"], alphabet, device, tuning=False)
+    result = transcribe(model, utterances, alphabet, device, beam=args.beam, references=False, lm=lm,
+                        lm_weight=args.lm_weight, char_bonus=args.char_bonus)
     for path, text in zip(args.inputs, result.texts, strict=True):
         print(json.dumps({"file": str(path), "text": text}, ensure_ascii=False) if args.json else text)
     if args.png:
@@ -218,30 +281,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if data.alphabet.chars != alphabet.chars:
         raise ConfigError(f"the dataset in {root} has another alphabet than the model — score it on the dataset "
                           "it was trained on")
-    lm = None
-    for flag in ("lm_text", "lm_weight", "char_bonus"):
-        if getattr(args, flag) is not None and not args.lm_order:
-            raise ConfigError(f"--{flag.replace('_', '-')} shapes the language model — give --lm-order too, e.g. "
-                              "--beam 10 --lm-order 5")
-    args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
-    args.char_bonus = 0.0 if args.char_bonus is None else args.char_bonus
-    if args.lm_order:
-        if args.lm_order < 1 or args.beam < 2:
-            raise ConfigError(f"--lm-order {args.lm_order} needs --lm-order >= 1 and --beam >= 2 — e.g. --beam 10 "
-                              "--lm-order 5")
-        from rnnkit.data.recognition import lm_sentences, transcripts
-        from rnnkit.recognize import char_lm
-
-        # scoring the validation text (to choose --lm-weight), the LM must not have read it: it is tuned on a tenth
-        # of the training text instead (of the corpus's sentences with --lm-text: the transcripts are drawn from them)
-        train_text = lm_sentences(root, args.lm_text) if args.lm_text else transcripts(root, "train")
-        if "val" in splits:
-            train_text, val_text = [s for i, s in enumerate(train_text) if i % 10], train_text[::10]
-        else:
-            train_text += transcripts(root, "train") if args.lm_text else []
-            val_text = transcripts(root, "val")
-        lm = char_lm(train_text, val_text, alphabet, args.lm_order)
-    result = {"kind": kind, "split": splits[0], "beam": args.beam, "lm_order": args.lm_order,
+    lm = _language_model(args, root, alphabet, device, tuning="val" in splits)
+    result = {"kind": kind, "split": splits[0], "beam": args.beam, "lm": str(args.lm) if args.lm else None,
+              "lm_order": args.lm_order,
               "lm_weight": args.lm_weight if lm else 0.0, "char_bonus": args.char_bonus if lm else 0.0}
     for split in splits:
         t0 = time.perf_counter()

@@ -169,6 +169,16 @@ def lm_sentences(root: str | Path, path: str | Path) -> list[str]:
     return _module(info["kind"]).training_sentences(info, path)
 
 
+def lm_lines(root: str | Path, corpus: str | Path | None = None, seed: int = 0) -> list[str]:
+    """What a character language model for the dataset in ``root`` may read, one sentence per line: the sentences
+    of ``corpus`` in the training part of the dataset's text split (``lm_sentences``) and the training
+    transcripts, each once, in an order shuffled by ``seed`` (a language model holds out the tail of its text)."""
+    lines = [*(lm_sentences(root, corpus) if corpus else []), *transcripts(root, "train")]
+    lines = list(dict.fromkeys(line for line in (x.strip() for x in lines) if line))
+    order = np.random.default_rng(seed).permutation(len(lines))
+    return [lines[i] for i in order]
+
+
 @dataclass
 class RecognitionData:
     """A recognition dataset read for training or evaluation: its ``info`` (dataset.json), ``alphabet`` and splits."""
