@@ -220,6 +220,28 @@ def test_the_language_model_sees_the_prefix():
         beam_decode(lp, lm=lambda prefix: torch.zeros(5), lm_weight=1.0)
 
 
+def test_the_lines_end_is_scored_by_the_lm_when_asked():
+    """With ``lm_end`` each final prefix also pays the LM's log-probability of the line ending after it (class 0's
+    slot): the full beam's scores against the brute-force CTC probabilities plus every LM term by hand, and an LM
+    that says a line rarely ends after "a" turns "a" (without) into "b" (with)."""
+    lp = torch.tensor([[0.5, 0.4, 0.1], [0.5, 0.15, 0.35]], dtype=torch.float64).log()
+    table = {(): [0.1, 0.45, 0.45], (1,): [0.01, 0.495, 0.495]}
+
+    def lm(prefix):
+        return torch.tensor(table.get(prefix, [1 / 3] * 3), dtype=torch.float64).log()
+
+    exact = brute_force(lp)
+    for end in (False, True):
+        beam = prefix_beam_search(lp, beam=20, lm=lm, lm_weight=0.7, word_bonus=1.0, lm_end=end)
+        for prefix, ctc_logp, score in beam:
+            by_hand = math.log(exact[prefix]) + sum(0.7 * lm(prefix[:i])[c].item() + 1.0 for i, c in enumerate(prefix))
+            by_hand += 0.7 * lm(prefix)[0].item() if end else 0.0
+            assert ctc_logp == pytest.approx(math.log(exact[prefix])) and score == pytest.approx(by_hand)
+    assert beam_decode(lp, lm=lm, lm_weight=1.0, word_bonus=1.0) == [[1]]
+    assert beam_decode(lp, lm=lm, lm_weight=1.0, word_bonus=1.0, lm_end=True) == [[2]]
+    assert beam_decode(lp, word_bonus=1.0, lm_end=True) == beam_decode(lp, word_bonus=1.0)  # no LM: nothing to ask
+
+
 def test_word_bonus_lengthens_and_a_penalty_shortens():
     # "" 0.25, "a" 0.335, "b" 0.26, "ab" 0.14, "ba" 0.015
     lp = torch.tensor([[0.5, 0.4, 0.1], [0.5, 0.15, 0.35]], dtype=torch.float64).log()

@@ -118,10 +118,11 @@ def test_a_character_lm_trained_on_lm_text_weighs_the_beam(run_dir, hw_dataset, 
                        "--sample-length", 0, "--precision", "fp32")
     assert code == 0, err
     code, out, err = run(capsys, "recognize", "eval", run_dir, "--beam", "4", "--lm", lm_run, "--lm-weight", "0.5",
-                         "--char-bonus", "0.5", "--json")
+                         "--char-bonus", "0.5", "--lm-end", "--json")
     assert code == 0, err
     result = json.loads(out)
     assert result["lm"] == str(lm_run) and result["lm_order"] == 0 and result["lm_weight"] == 0.5
+    assert result["lm_end"] is True
     assert 0 <= result["cer"] and "cer_greedy" in result
     assert "never read '" in err  # the alphabet holds characters no training line has (e.g. "&"): scored, told
     image = hw_dataset / "test" / "000000.png"
@@ -144,6 +145,7 @@ def test_a_character_lm_trained_on_lm_text_weighs_the_beam(run_dir, hw_dataset, 
         (["recognize", "eval", run_dir, "--beam", "4", "--lm", run_dir], "language_model"),
         (["recognize", "eval", run_dir, "--beam", "4", "--lm", narrow_run], "vocabulary lacks"),
         (["recognize", "predict", run_dir, image, "--beam", "4", "--lm-weight", "1"], "--lm-weight shapes"),
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm-end"], "--lm-end shapes"),
         (["data", "lm-text", hw_dataset, tmp_path / "x.txt", "--text", tmp_path / "none.txt"], "not found"),
         (["data", "lm-text", tmp_path, tmp_path / "y.txt"], "dataset.json"),
         (["data", "lm-text", hw_dataset, tmp_path / "lm.csv"], ".txt"),

@@ -100,7 +100,7 @@ def decode_text(ids: Sequence[int], alphabet: str) -> str:
 
 def prefix_beam_search(log_probs: Tensor | np.ndarray, beam: int = 10, lm: LanguageModel | None = None,
                        lm_weight: float = 0.0, word_bonus: float = 0.0, prune: float | None = None,
-                       blank: int = 0) -> Beam:
+                       blank: int = 0, lm_end: bool = False) -> Beam:
     """CTC prefix beam search over one sequence ``(T, K)`` of log-probs.
 
     Returns the final beam, best first, as ``(prefix, ctc_logp, score)``: ``ctc_logp`` is the log of the summed
@@ -168,13 +168,15 @@ def prefix_beam_search(log_probs: Tensor | np.ndarray, beam: int = 10, lm: Langu
         pnb = np.concatenate([stay_nb, ext.ravel()])[keep]
         extra = np.concatenate([extra, ext_extra])[keep]
     ctc = np.logaddexp(pb, pnb)
+    if use_lm and lm_end:  # the LM's probability that the line ends here (class ``blank``'s slot)
+        extra = extra + lm_weight * lm_rows(prefixes)[:, blank]
     order = np.argsort(-(ctc + extra), kind="stable")
     return [(prefixes[k], float(ctc[k]), float(ctc[k] + extra[k])) for k in order]
 
 
 def beam_decode(log_probs: Tensor | np.ndarray, lengths: Tensor | Sequence[int] | None = None, beam: int = 10,
                 lm: LanguageModel | None = None, lm_weight: float = 0.0, word_bonus: float = 0.0,
-                prune: float | None = None) -> list[list[int]]:
+                prune: float | None = None, lm_end: bool = False) -> list[list[int]]:
     """CTC prefix beam search: ``(B, T, K)`` or ``(T, K)`` log-probs -> the best label sequence per sequence.
 
     ``lm(prefix: tuple[int, ...])`` returns log-probs over the next class (size K; index 0 unused), added with
@@ -184,7 +186,7 @@ def beam_decode(log_probs: Tensor | np.ndarray, lengths: Tensor | Sequence[int] 
     """
     lp, lens = _batch(log_probs, lengths)
     lp = lp.detach().to("cpu", torch.float64)
-    return [list(prefix_beam_search(lp[b, :n], beam, lm, lm_weight, word_bonus, prune)[0][0])
+    return [list(prefix_beam_search(lp[b, :n], beam, lm, lm_weight, word_bonus, prune, lm_end=lm_end)[0][0])
             for b, n in enumerate(lens)]
 
 

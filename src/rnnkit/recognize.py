@@ -128,7 +128,7 @@ class RecurrentCharLM:
 @torch.no_grad()
 def transcribe(model: nn.Module, utterances, alphabet, device: torch.device | str = "cpu", batch_size: int = 64,
                beam: int | None = None, references: bool = True, lm=None, lm_weight: float = 0.0,
-               char_bonus: float = 0.0) -> Transcripts:
+               char_bonus: float = 0.0, lm_end: bool = False) -> Transcripts:
     """Decode every utterance (greedy, or prefix beam search with ``beam`` prefixes, optionally weighed by ``lm``
     (``char_lm``) with ``lm_weight`` and ``char_bonus`` per character); score against the utterances' own
     transcripts when ``references``."""
@@ -143,7 +143,8 @@ def transcribe(model: nn.Module, utterances, alphabet, device: torch.device | st
         log_probs = out.logits.float().cpu()
         paths += ctc.best_path(log_probs, steps)
         if beam and beam > 1:
-            ids = ctc.beam_decode(log_probs, steps, beam=beam, lm=lm, lm_weight=lm_weight, word_bonus=char_bonus)
+            ids = ctc.beam_decode(log_probs, steps, beam=beam, lm=lm, lm_weight=lm_weight, word_bonus=char_bonus,
+                                  lm_end=lm_end)
         else:
             ids = ctc.greedy_decode(log_probs, steps)
         texts += [alphabet.decode(x) for x in ids]

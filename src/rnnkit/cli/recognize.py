@@ -79,6 +79,9 @@ def _add_lm_args(p: argparse.ArgumentParser) -> None:
                                                    "log-probability (default: 0.5)")
     p.add_argument("--char-bonus", type=float, help="with --lm or --lm-order: score added per emitted character "
                                                     "(default: 0)")
+    p.add_argument("--lm-end", action="store_true",
+                   help="with --lm or --lm-order: the language model also scores the end of the line (weighted like "
+                        "its other terms), so a transcript that stops mid-sentence pays for it")
 
 
 # -- train ---------------------------------------------------------------------------------------------------
@@ -183,8 +186,8 @@ def _language_model(args: argparse.Namespace, root, alphabet, device, tuning: bo
     """The beam search's language model from ``--lm`` or ``--lm-order`` (None without either); fills in the
     defaults of ``--lm-weight`` and ``--char-bonus``. ``tuning``: the validation text is being scored, so the n-gram
     must not read it."""
-    for flag in ("lm_text", "lm_weight", "char_bonus"):
-        if getattr(args, flag) is not None and not (args.lm_order or args.lm):
+    for flag in ("lm_text", "lm_weight", "char_bonus", "lm_end"):
+        if getattr(args, flag) not in (None, False) and not (args.lm_order or args.lm):
             raise ConfigError(f"--{flag.replace('_', '-')} shapes the language model — give --lm RUN_DIR or "
                               "--lm-order too, e.g. --beam 10 --lm-order 5")
     args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
@@ -256,7 +259,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     utterances = Utterances(frames, [[] for _ in frames])
     lm = _language_model(args, config["data"]["root"], alphabet, device, tuning=False)
     result = transcribe(model, utterances, alphabet, device, beam=args.beam, references=False, lm=lm,
-                        lm_weight=args.lm_weight, char_bonus=args.char_bonus)
+                        lm_weight=args.lm_weight, char_bonus=args.char_bonus, lm_end=args.lm_end)
     for path, text in zip(args.inputs, result.texts, strict=True):
         print(json.dumps({"file": str(path), "text": text}, ensure_ascii=False) if args.json else text)
     if args.png:
@@ -283,12 +286,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           "it was trained on")
     lm = _language_model(args, root, alphabet, device, tuning="val" in splits)
     result = {"kind": kind, "split": splits[0], "beam": args.beam, "lm": str(args.lm) if args.lm else None,
-              "lm_order": args.lm_order,
-              "lm_weight": args.lm_weight if lm else 0.0, "char_bonus": args.char_bonus if lm else 0.0}
+              "lm_order": args.lm_order, "lm_weight": args.lm_weight if lm else 0.0,
+              "char_bonus": args.char_bonus if lm else 0.0, "lm_end": bool(lm and args.lm_end)}
     for split in splits:
         t0 = time.perf_counter()
         got = transcribe(model, data.splits[split], alphabet, device, beam=args.beam, lm=lm,
-                         lm_weight=args.lm_weight, char_bonus=args.char_bonus)
+                         lm_weight=args.lm_weight, char_bonus=args.char_bonus, lm_end=args.lm_end)
         rates = {"cer": got.rates["cer"], "wer": got.rates["wer"], "lines": len(data.splits[split]),
                  "seconds": round(time.perf_counter() - t0, 1)}
         if split == splits[0]:
