@@ -13,7 +13,8 @@
 # Each device call names `.gpu` in carry and starts with `bash benchmarks/speech_gpu.sh ...`. Whatever happens
 # between calls, the best weights of the last call came back, and `rnnkit recognize train --init-from` goes on
 # from them. Scoring runs here, on the CPU: `rnnkit recognize eval RUN --data DIR ...` reads the same test files
-# (the builder draws them per index, whatever --train says).
+# (the builder draws them per index, whatever --train says); meanwhile a character LM trains here for the beam
+# search (`rnnkit data lm-text`, `rnnkit train`, then `eval --beam 25 --lm LM_RUN --lm-end`, tuned on --split val).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GPU=.gpu
@@ -75,7 +76,7 @@ EOF
     ;;
   start)  # start TRAIN_UTTERANCES MINUTES [extra training flags]
     n=${2:-50000} minutes=${3:-17.5}
-    shift 3 || true
+    shift $(($# < 3 ? $# : 3))
     setup
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
     espeak-ng --version
@@ -101,7 +102,7 @@ EOF
     cp "$from/config.json" "$from/metrics.csv" "$run/"
     ;;
   *)
-    sed -n 2,17p "$0"
+    awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"
     exit 2
     ;;
 esac
