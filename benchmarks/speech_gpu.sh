@@ -25,16 +25,19 @@ PY=${PY:-python3} DEVICE=${DEVICE:-cuda}  # PY=.venv/bin/python DEVICE=cpu: a sm
 setup() {  # on the device machine: the carried wheels and espeak-ng on the paths
   "$PY" -c "import librosa, soundfile, jiwer" 2>/dev/null || "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$GPU"/wheels/*.whl
   export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH} PATH=$PWD/$GPU/espeak/bin:$PATH PYTHONUNBUFFERED=1
+  "$PY" -c "import librosa.filters, soundfile, soxr, jiwer, rnnkit.data.speech" ||  # fail now, not 10 minutes on
+    { echo "error: the audio packages do not import there — see above; carry the missing wheels in $GPU/wheels" >&2; exit 2; }
 }
 
 collect() {  # the best weights so far, config and metrics -> $OUT (files come back at 16 MiB each at most)
   local src=$RUN/best.safetensors
   [ -f "$src" ] || src=$RUN/model.safetensors
   [ -f "$src" ] || { echo "no weights yet"; return 0; }
+  cp "$src" /tmp/best.copy  # training may replace the file between two reads: split and hash one copy
   cp "$RUN/config.json" "$OUT/"
   cp "$RUN/metrics.csv" "$OUT/" 2>/dev/null || true
-  split -b 15000000 -d "$src" "$OUT/best.part"
-  sha256sum "$src" | cut -d' ' -f1 > "$OUT/best.sha256"
+  split -b 15000000 -d /tmp/best.copy "$OUT/best.part"
+  sha256sum /tmp/best.copy | cut -d' ' -f1 > "$OUT/best.sha256"
 }
 
 watch_for() {  # watch the training log for $1 seconds or until training ends, then collect
@@ -77,6 +80,8 @@ EOF
   start)  # start TRAIN_UTTERANCES MINUTES [extra training flags]
     n=${2:-50000} minutes=${3:-17.5}
     shift $(($# < 3 ? $# : 3))
+    : "${OUT:?set OUT, the folder whose files come back (the device tool sets it)}"
+    if [ -e $RUN ]; then echo "error: $RUN exists: training started on this machine already — use watch" >&2; exit 2; fi
     setup
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
     espeak-ng --version
@@ -91,6 +96,7 @@ EOF
     watch_for $((560 - SECONDS))
     ;;
   watch)
+    : "${OUT:?set OUT, the folder whose files come back (the device tool sets it)}"
     setup
     watch_for "${2:-560}"
     ;;
@@ -99,7 +105,8 @@ EOF
     mkdir -p "$run"
     cat "$from"/best.part* > "$run/best.safetensors"
     echo "$(cat "$from/best.sha256")  $run/best.safetensors" | sha256sum -c -
-    cp "$from/config.json" "$from/metrics.csv" "$run/"
+    cp "$from/config.json" "$run/"
+    [ ! -f "$from/metrics.csv" ] || cp "$from/metrics.csv" "$run/"
     ;;
   *)
     awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"

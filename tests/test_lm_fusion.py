@@ -37,7 +37,7 @@ def _reference_row(model: LanguageModel, vocab: CharVocab, text: str) -> np.ndar
 def test_rows_are_the_models_next_character_distribution(cell):
     vocab = CharVocab("\n !" + ALPHABET.chars)  # "!" is outside the recogniser's alphabet: it takes no share
     model = _model(vocab, cell)
-    lm = RecurrentCharLM(model, vocab, ALPHABET, max_states=4)  # small: states are dropped and rebuilt
+    lm = RecurrentCharLM(model, vocab, ALPHABET, max_states=4)  # small: the last call below rebuilds from scratch
     rng = np.random.default_rng(0)
     prefixes = [(), *{tuple(int(c) for c in rng.integers(1, ALPHABET.num_classes, size=n))
                       for n in (1, 2, 2, 3, 5, 8, 8, 13)}]
@@ -65,6 +65,12 @@ def test_beam_search_asks_a_batched_lm_for_the_same_scores():
     assert [p for p, _, _ in batched] == [p for p, _, _ in single]
     np.testing.assert_allclose([s for *_, s in batched], [s for *_, s in single], atol=1e-6)
     assert len(calls) == len(set(calls)) > 30  # the search caches a row per prefix: never asked twice
+    for end in (False, True):  # states dropped every few frames and rebuilt from the line's start: the same beam
+        small = RecurrentCharLM(lm.model, vocab, ALPHABET, max_states=7)
+        dropped = ctc.prefix_beam_search(log_probs, beam=6, lm=small, lm_weight=0.8, word_bonus=0.5, lm_end=end)
+        kept = ctc.prefix_beam_search(log_probs, beam=6, lm=lm, lm_weight=0.8, word_bonus=0.5, lm_end=end)
+        assert [p for p, _, _ in dropped] == [p for p, _, _ in kept]
+        np.testing.assert_allclose([s for *_, s in dropped], [s for *_, s in kept], atol=1e-5)
 
 
 def test_a_trained_lm_picks_the_spelling_it_has_read():

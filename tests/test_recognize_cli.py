@@ -245,6 +245,7 @@ def test_user_errors(run_dir, hw_dataset, capsys, tmp_path):
         (["recognize", "eval", run_dir, "--beam", "4", "--lm-text", hw_dataset / "dataset.json"], "--lm-order"),
         (["recognize", "eval", run_dir, "--beam", "4", "--lm-weight", "2"], "--lm-weight shapes the language model"),
         (["recognize", "eval", run_dir, "--char-bonus", "1"], "--char-bonus shapes the language model"),
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm-weight", "0"], "--lm-weight shapes the language model"),
         (["recognize", "eval", run_dir, "--beam", "4", "--lm-order", "3", "--lm-text", tmp_path / "no.txt"],
          "cannot be read"),
         (["recognize", "train", "--data", hw_dataset, "--freq-masks", "-1"], "--freq-masks"),

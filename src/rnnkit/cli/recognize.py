@@ -187,7 +187,7 @@ def _language_model(args: argparse.Namespace, root, alphabet, device, tuning: bo
     defaults of ``--lm-weight`` and ``--char-bonus``. ``tuning``: the validation text is being scored, so the n-gram
     must not read it."""
     for flag in ("lm_text", "lm_weight", "char_bonus", "lm_end"):
-        if getattr(args, flag) not in (None, False) and not (args.lm_order or args.lm):
+        if (getattr(args, flag) is not None if flag != "lm_end" else args.lm_end) and not (args.lm_order or args.lm):
             raise ConfigError(f"--{flag.replace('_', '-')} shapes the language model — give --lm RUN_DIR or "
                               "--lm-order too, e.g. --beam 10 --lm-order 5")
     args.lm_weight = 0.5 if args.lm_weight is None else args.lm_weight
