@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from rnnkit import ctc
+from rnnkit.errors import ConfigError
+from rnnkit.nn.recurrent import map_state
 
 
 @dataclass
@@ -58,8 +60,6 @@ class RecurrentCharLM:
     """
 
     def __init__(self, model: nn.Module, vocab, alphabet, required: str = "", max_states: int = 20_000) -> None:
-        from rnnkit.errors import ConfigError
-
         lacking = [c for c in dict.fromkeys("\n" + required) if c not in vocab]
         if lacking:
             raise ConfigError(f"the language model's vocabulary lacks {''.join(lacking)!r} — train it on lines of the "
@@ -78,8 +78,6 @@ class RecurrentCharLM:
     def _step(self, parents: list[tuple] | None, classes: list[int]) -> list[tuple]:
         """Each parent entry stepped by one class (``parents`` None: the zero state, by the newline) -> entries.
         A class the LM cannot read leaves its parent's entry as it was."""
-        from rnnkit.nn.recurrent import map_state
-
         rows = [i for i, c in enumerate(classes) if c in self.lm_id]
         out = [None if i in rows else parents[i] for i in range(len(classes))]
         if not rows:

@@ -134,9 +134,7 @@ def cmd_lm_text(args: argparse.Namespace) -> int:
 
     if args.out.exists():
         raise ConfigError(f"{args.out} exists — name a new file (or remove it first)")
-    if args.text is not None and not args.text.is_file():
-        raise ConfigError(f"{args.text} not found — pass --text PATH, the corpus the dataset was built from")
-    lines = lm_lines(args.dataset, args.text, args.seed)
+    lines = lm_lines(args.dataset, _text(args) if args.text is not None else None, args.seed)
     atomic_write(args.out, "".join(f"{line}\n" for line in lines).encode("utf-8"))
     info(f"wrote {len(lines):,} lines to {args.out}; train a character model on it with: "
          f"rnnkit train --data {args.out} --out LM_RUN")
