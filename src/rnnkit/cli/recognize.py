@@ -182,10 +182,9 @@ def _load(args: argparse.Namespace):
     return model, Alphabet(config["data"]["info"]["alphabet"]), config, device
 
 
-def _language_model(args: argparse.Namespace, root, alphabet, device, tuning: bool):
-    """The beam search's language model from ``--lm`` or ``--lm-order`` (None without either); fills in the
-    defaults of ``--lm-weight`` and ``--char-bonus``. ``tuning``: the validation text is being scored, so the n-gram
-    must not read it."""
+def _check_lm_flags(args: argparse.Namespace) -> None:
+    """Refuse language-model flags that do not go together, before any data is read; fill in the defaults of
+    ``--lm-weight`` and ``--char-bonus``. Call once, then ``_language_model``."""
     for flag in ("lm_text", "lm_weight", "char_bonus", "lm_end"):
         if (getattr(args, flag) is not None if flag != "lm_end" else args.lm_end) and not (args.lm_order or args.lm):
             raise ConfigError(f"--{flag.replace('_', '-')} shapes the language model — give --lm RUN_DIR or "
@@ -195,16 +194,28 @@ def _language_model(args: argparse.Namespace, root, alphabet, device, tuning: bo
     if args.lm and args.lm_order:
         raise ConfigError("--lm and --lm-order are two language models — give one of them")
     if not (args.lm or args.lm_order):
-        return None
+        return
     if args.lm_order < 0:
         raise ConfigError(f"--lm-order must be >= 1 (got {args.lm_order}) — e.g. --beam 10 --lm-order 5")
     if args.beam < 2:
         raise ConfigError(f"a language model weighs the beam search's prefixes — give --beam >= 2 (got {args.beam}), "
                           "e.g. --beam 10")
+    if args.lm and args.lm_text is not None:
+        raise ConfigError("--lm-text is text for the n-gram (--lm-order); the recurrent LM of --lm read its own "
+                          "text when it was trained — drop --lm-text")
+    if args.lm_text is not None:
+        try:
+            args.lm_text.open("rb").close()
+        except OSError as e:
+            raise ConfigError(f"{args.lm_text} cannot be read ({e.strerror}) — pass a readable text file") from None
+
+
+def _language_model(args: argparse.Namespace, root, alphabet, device, tuning: bool):
+    """The beam search's language model from ``--lm`` or ``--lm-order`` (None without either), its flags checked
+    by ``_check_lm_flags``. ``tuning``: the validation text is being scored, so the n-gram must not read it."""
+    if not (args.lm or args.lm_order):
+        return None
     if args.lm:
-        if args.lm_text is not None:
-            raise ConfigError("--lm-text is text for the n-gram (--lm-order); the recurrent LM of --lm read its own "
-                              "text when it was trained — drop --lm-text")
         from rnnkit.checkpoint import load_run
         from rnnkit.data.recognition import transcripts
         from rnnkit.errors import CorpusError
@@ -249,6 +260,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.png is not None and any(p.resolve() == args.png.resolve() for p in args.inputs):
         raise ConfigError(f"--png {args.png} is one of the inputs — the drawing would replace it; name another file")
+    _check_lm_flags(args)
     model, alphabet, config, device = _load(args)
     featurize = featurizer(config["data"]["info"])
     frames = []
@@ -273,6 +285,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit.data.recognition import load_recognition
     from rnnkit.recognize import transcribe
 
+    _check_lm_flags(args)
     model, alphabet, config, device = _load(args)
     from rnnkit.data.recognition import read_info
 
