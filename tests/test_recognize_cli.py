@@ -253,6 +253,10 @@ def test_user_errors(run_dir, hw_dataset, capsys, tmp_path):
         (["data", "handwriting", tmp_path / "hw2", "--font-dir", tmp_path], "fonts-"),
         (["data", "speech", tmp_path / "sp", "--snr", "loud"], "--snr"),
         (["data", "speech", tmp_path / "sp", "--workers", "0"], "--workers"),
+        (["data", "speech", tmp_path / "sp", "--random-accents", "nan"], "--random-accents"),
+        (["data", "speech", tmp_path / "sp", "--random-accents", "2"], "random accents"),
+        (["data", "speech", tmp_path / "sp", "--random-accents", "0.5", "--accent-rules", "2.5,4"], "--accent-rules"),
+        (["data", "speech", tmp_path / "sp", "--random-accents", "0.5", "--accent-rules", "5,2"], "random accents"),
     ]
     for argv, fragment in cases:
         code, out, err = run(capsys, *argv)

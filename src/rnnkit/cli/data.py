@@ -56,6 +56,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snr", default="5,20", metavar="LOW,HIGH", help="noise level range in dB (default: 5,20)")
     p.add_argument("--test-accents", default=None, metavar="A,B", help="held-out accents (default: en-029)")
     p.add_argument("--test-variants", default=None, metavar="V,W", help="held-out voice variants")
+    p.add_argument("--random-accents", type=float, default=0.0, metavar="SHARE",
+                   help="share of training and validation utterances read in a random accent: a training accent "
+                        "with random phoneme substitutions (default: 0)")
+    p.add_argument("--accent-rules", default="6,12", metavar="LOW,HIGH",
+                   help="phoneme substitutions per random accent (default: 6,12)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--workers", type=int, default=2, help="synthesis processes (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -104,11 +109,11 @@ def cmd_handwriting(args: argparse.Namespace) -> int:
     return _summary(build_handwriting(args.out, spec, progress=not args.quiet, workers=args.workers), args.out)
 
 
-def _pair(text: str, flag: str) -> tuple[float, float]:
+def _pair(text: str, flag: str, kind=float, example: str = "5,20") -> tuple:
     try:
-        low, high = (float(x) for x in text.split(","))
+        low, high = (kind(x) for x in text.split(","))
     except ValueError:
-        raise ConfigError(f"{flag} {text!r} is not LOW,HIGH — e.g. {flag} 5,20") from None
+        raise ConfigError(f"{flag} {text!r} is not LOW,HIGH ({kind.__name__}s) — e.g. {flag} {example}") from None
     return low, high
 
 
@@ -122,7 +127,9 @@ def cmd_speech(args: argparse.Namespace) -> int:
     extra = {name: _names(getattr(args, name)) for name in ("test_accents", "test_variants")
              if getattr(args, name) is not None}
     spec = SpeechSpec(text=_text(args), train=args.train, val=args.val, test=args.test,
-                      test_seen_voice=args.test_seen_voice, snr_db=_pair(args.snr, "--snr"), seed=args.seed, **extra)
+                      test_seen_voice=args.test_seen_voice, snr_db=_pair(args.snr, "--snr"), seed=args.seed,
+                      random_accents=args.random_accents,
+                      accent_rules=_pair(args.accent_rules, "--accent-rules", int, "6,12"), **extra)
     if args.workers <= 0:
         raise ConfigError(f"--workers must be positive (got {args.workers}) — e.g. --workers 2")
     return _summary(build_speech(args.out, spec, progress=not args.quiet, workers=args.workers), args.out)

@@ -167,10 +167,13 @@ def espeak_version() -> str:
     return f"{ESPEAK} {found[1] if found else out.strip()[:40]}"
 
 
-def synthesize(text: str, voice: str, speed: int, pitch: int, sample_rate: int) -> np.ndarray:
+def synthesize(text: str, voice: str, speed: int, pitch: int, sample_rate: int,
+               data_path: str | Path | None = None) -> np.ndarray:
     """espeak-ng's reading of ``text`` (given on stdin, never through a shell) in ``voice`` ("en-029+f2") at
-    ``speed`` words per minute and ``pitch`` 0-99, as float32 samples at ``sample_rate``."""
-    run = subprocess.run([espeak_path(), "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout"],
+    ``speed`` words per minute and ``pitch`` 0-99, as float32 samples at ``sample_rate``; ``data_path`` is the
+    directory holding the espeak-ng-data to read instead of the installed one (its ``--path``)."""
+    where = [f"--path={data_path}"] if data_path is not None else []
+    run = subprocess.run([espeak_path(), *where, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout"],
                          input=text.encode("utf-8"), capture_output=True)
     if run.returncode != 0 or len(run.stdout) <= 44:
         reason = " ".join(run.stderr.decode("utf-8", "replace").split())[:120] or f"status {run.returncode}"

@@ -1,17 +1,6 @@
 """Synthetic English speech for CTC recognition: sentences read by espeak-ng in many voices, mixed with noise.
 
-Text: the English side of Tatoeba's ``spa.txt`` (``English<TAB>Spanish<TAB>attribution``; a line without a tab is
-one sentence). Labels use ``ALPHABET``: space, apostrophe, a-z. A sentence is dropped, not rewritten, where its
-spelling and what espeak says would disagree: one with a digit (espeak reads 1984 as "nineteen eighty-four"), an
-abbreviation (Mr. -> "mister", U.S.), a word in capitals (TV and OK are spelled out or expanded), a lone letter
-other than a and I, a symbol ($ % & / ...), or a letter outside ASCII (café); also one under ``min_chars`` or over
-``max_chars`` characters. Of spa.txt's 102,904 distinct sentences, 100,147 remain. Label: lower case, hyphens as
-spaces, other punctuation gone, an apostrophe kept only inside a word (don't, Tom's); espeak reads the sentence as
-written (punctuation shapes its prosody). Duplicates (same label) count once.
-
-Split: crc32 of the label puts 5% of the sentences in the test text, 5% in the val text, the rest in the train
-text, whatever the counts, so no test sentence is trained on and a test word can be one never heard in training
-(dataset.json gives the share of such words per split: open vocabulary).
+Text and its split into train, val and test parts: ``rnnkit.data.speech_text``.
 
 Voices: espeak-ng's eight English accents with its own (formant) synthesiser; mbrola voices need a package that is
 not assumed. Training: en-us, en-us-nyc, en-gb, en-gb-x-rp, en-gb-scotland, en-gb-x-gbclan, en-gb-x-gbcwmd. Held
@@ -23,7 +12,10 @@ the names are checked against ``espeak-ng --voices=variant``). Of its 101, 72 tr
 (m3, m8, f2, f5, klatt3, steph3: two men, two women, a Klatt voice, one other) and 23 are left out, judged by their
 settings as effects rather than speakers: robots (robosoft*, UniRobot, anikaRobot, announcer), whisper, whisperf,
 Demonic, Tweaky, the echoing RicishayMax*, and Storm, AnxiousAndy, "Mr serious", kaukovalta, fast (extreme formant
-or timing settings). Speed (words per minute) and pitch (0-99) are drawn uniformly per utterance.
+or timing settings). Speed (words per minute) and pitch (0-99) are drawn uniformly per utterance. With
+``random_accents`` > 0, that share of the train and val utterances is read in a random accent: a training accent
+with random phoneme substitutions (``rnnkit.data.speech_accents``), drawn from a stream of its own, so every other
+choice, and every utterance not in a random accent, is the same as without.
 
 Splits: ``train`` and ``val`` (train text / val text, training accents and variants: val picks checkpoints);
 ``test`` (test text, the held-out accent with the held-out variants); ``test_seen_voice`` (the same test sentences
@@ -43,20 +35,18 @@ resumes where it stopped when run again with the same spec.
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
-import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rnnkit.data import audio
+from rnnkit.data import audio, speech_accents
 from rnnkit.data.audio import wav_frames
 from rnnkit.data.built import read_rows
 from rnnkit.data.datasets import sha256_file
 from rnnkit.data.parallel import map_jobs
+from rnnkit.data.speech_text import normalise_text, read_sentences, text_part, training_sentences
 from rnnkit.errors import ConfigError, CorpusError
 
 FORMAT = 1
@@ -66,6 +56,8 @@ NOISES = ("white", "pink", "brown", "babble")
 SPLITS = ("train", "val", "test", "test_seen_voice")
 TEXT_OF = {"train": "train", "val": "val", "test": "test", "test_seen_voice": "test"}  # split -> text part
 HELD_OUT_SPLITS = ("test",)
+RANDOM_ACCENT_SPLITS = ("train", "val")  # test_seen_voice stays in the training accents as they are
+ESPEAK_ROOT = ".espeak"  # in the dataset: the random accents' voice files
 _ID = {"train": 1, "val": 2, "test": 3, "test_seen_voice": 4}
 TRAIN_ACCENTS = ("en-us", "en-us-nyc", "en-gb", "en-gb-x-rp", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd")
 TEST_ACCENTS = ("en-029",)
@@ -77,11 +69,6 @@ TRAIN_VARIANTS = (
     "miguel", "Mike", "Nguyen", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert", "sandro", "shelby",
     "steph", "steph2", "travis", "victor", "zac", "anika", "grandma", "grandpa", "croak")
 TEST_VARIANTS = ("m3", "m8", "f2", "f5", "klatt3", "steph3")
-_SUBST = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"', "\u2013": "-", "\u2014": "-"})
-_SPEAKABLE = re.compile(r"[A-Za-z'\s.,?!;:\"-]+")
-_ABBREVIATION = re.compile(r"\b(?:mr|mrs|ms|dr|st|jr|sr|vs|etc|mt|prof)\.|\b(?:[a-z]\.){2,}", re.IGNORECASE)
-_CAPITALS = re.compile(r"\b[A-Z]{2,}\b")
-_LONE_LETTER = re.compile(r"(?<![\w'])(?![aAI])[A-Za-z](?![\w'])")
 
 
 @dataclass
@@ -106,6 +93,9 @@ class SpeechSpec:
     min_chars: int = 10
     max_chars: int = 80
     seed: int = 0
+    random_accents: float = 0.0  # share of train/val utterances in a random accent (rnnkit.data.speech_accents)
+    accent_pool: int = 30  # random accents per training accent
+    accent_rules: tuple[int, int] = (6, 12)  # substitutions per random accent
 
     def check(self) -> None:
         counts = {s: getattr(self, s) for s in SPLITS}
@@ -129,6 +119,11 @@ class SpeechSpec:
             raise ConfigError(f"{', '.join(both)} both trained on and held out — keep test voices out of training")
         if not 1 <= self.min_chars <= self.max_chars:
             raise ConfigError(f"sentence length {self.min_chars}..{self.max_chars} — pass 1 <= min_chars <= max_chars")
+        if not (0 <= self.random_accents <= 1 and self.accent_pool >= 1 and 1 <= self.accent_rules[0]
+                <= self.accent_rules[1] <= 20):
+            raise ConfigError(f"random accents: share {self.random_accents}, pool {self.accent_pool}, rules "
+                              f"{self.accent_rules} — pass a share within 0..1 (e.g. 0.5), a pool >= 1 and rules "
+                              "1 <= low <= high <= 20")
 
     @property
     def features(self) -> dict:
@@ -141,6 +136,9 @@ class SpeechSpec:
         d = asdict(self)
         d["text"] = str(self.text)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+_DEFAULTS = SpeechSpec(Path()).to_json()
 
 
 @dataclass(frozen=True)
@@ -162,53 +160,6 @@ class Utterance:
     @property
     def condition(self) -> str:
         return f"{self.voice} speed={self.speed} pitch={self.pitch} snr={self.snr:.1f} {self.noise}"
-
-
-def normalise_text(sentence: str) -> str | None:
-    """The label of ``sentence`` in ``ALPHABET``, or None where espeak would say something else (module docstring)."""
-    s = unicodedata.normalize("NFC", sentence).translate(_SUBST).strip()
-    if not s.isascii() or not _SPEAKABLE.fullmatch(s) or _ABBREVIATION.search(s) or _CAPITALS.search(s) \
-            or _LONE_LETTER.search(s):
-        return None
-    s = re.sub(r"[^a-z']", " ", s.lower())
-    s = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", s)
-    label = " ".join(s.split())
-    return label or None
-
-
-def read_sentences(path: str | Path, min_chars: int = 10, max_chars: int = 80) -> list[tuple[str, str]]:
-    """``(spoken, label)`` of each usable sentence, the first of each label, in file order."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CorpusError(f"{path} not found — pass a text file of English sentences (spa.txt)") from None
-    except UnicodeDecodeError as e:
-        raise CorpusError(f"{path} is not UTF-8 text (byte {e.start}) — pass a UTF-8 file of sentences") from None
-    out, seen = [], set()
-    for line in text.splitlines():
-        spoken = line.split("\t")[0].strip()
-        label = normalise_text(spoken) if spoken else None
-        if label and min_chars <= len(label) <= max_chars and label not in seen:
-            seen.add(label)
-            out.append((spoken.translate(_SUBST), label))
-    if not out:
-        raise CorpusError(f"{path} holds no usable English sentence ({min_chars}-{max_chars} letters, no digits or "
-                          "abbreviations) — pass spa.txt or a file of one sentence per line")
-    return out
-
-
-def text_part(label: str) -> str:
-    """"test" for 5% of the labels, "val" for 5%, "train" for the rest, by crc32."""
-    bucket = zlib.crc32(label.encode("utf-8")) % 20
-    return "test" if bucket == 0 else "val" if bucket == 1 else "train"
-
-
-def training_sentences(info: dict, path: str | Path) -> list[str]:
-    """The labels of ``path``'s sentences that ``text_part`` puts in the training part: text a language model may
-    read without seeing a validation or test sentence."""
-    spec = info["spec"]
-    return [label for _, label in read_sentences(path, spec["min_chars"], spec["max_chars"])
-            if text_part(label) == "train"]
 
 
 def _voice(rng: np.random.Generator, accents: tuple[str, ...], variants: tuple[str, ...]) -> str:
@@ -240,6 +191,11 @@ def plan(spec: SpeechSpec, sentences: list[tuple[str, str]]) -> dict[str, list[U
             own = int(order[part][i % len(pool)])
             spoken, label = pool[own]
             speaker, (speed, pitch) = _voice(who, accents, variants), _speed_pitch(cond, spec)
+            if spec.random_accents and split in RANDOM_ACCENT_SPLITS:  # its own stream: other draws stay as they were
+                pick = np.random.default_rng([spec.seed, 60 + _ID[split], i])
+                if pick.random() < spec.random_accents:
+                    accent, variant = speaker.split("+")
+                    speaker = f"{accent}{speech_accents.MARK}{pick.integers(spec.accent_pool)}+{variant}"
             noise = spec.noise[cond.integers(len(spec.noise))]
             snr = round(float(cond.uniform(*spec.snr_db)), 2)
             pad = (round(float(cond.uniform(0.05, 0.3)), 3), round(float(cond.uniform(0.05, 0.3)), 3))
@@ -254,9 +210,11 @@ def plan(spec: SpeechSpec, sentences: list[tuple[str, str]]) -> dict[str, list[U
     return out
 
 
-def render(u: Utterance, sample_rate: int) -> np.ndarray:
-    """The noisy clip of ``u``, float32 at ``sample_rate``, peak at ``u.peak_db`` dBFS."""
-    speech = audio.synthesize(u.spoken, u.voice, u.speed, u.pitch, sample_rate)
+def render(u: Utterance, sample_rate: int, espeak_root: Path | None = None) -> np.ndarray:
+    """The noisy clip of ``u``, float32 at ``sample_rate``, peak at ``u.peak_db`` dBFS; a random accent's voice
+    file is read from ``espeak_root`` (``speech_accents.install``)."""
+    speech = audio.synthesize(u.spoken, speech_accents.espeak_voice(u.voice), u.speed, u.pitch, sample_rate,
+                              data_path=espeak_root if speech_accents.MARK in u.voice else None)
     before, after = (np.zeros(round(p * sample_rate), np.float32) for p in u.pad)
     clean = np.concatenate([before, speech, after])
     rng = np.random.default_rng(list(u.seed))
@@ -277,7 +235,7 @@ def _render_file(job: tuple[Utterance, Path, int]) -> float:
     path = out / u.path
     if path.exists():
         return audio._soundfile().info(str(path)).frames / rate
-    clip = render(u, rate)
+    clip = render(u, rate, out / ESPEAK_ROOT)
     audio.write_wav(path, clip, rate)
     return len(clip) / rate
 
@@ -300,8 +258,8 @@ def _claim(out: Path, identity: dict) -> dict | None:
         if path.exists():
             try:
                 found = json.loads(path.read_text(encoding="utf-8"))
-                mine = {k: found.get(k) for k in identity} | {"spec": {k: v for k, v in found["spec"].items()
-                                                                       if k != "text"}}
+                spec = _DEFAULTS | found["spec"]  # a field added since the build has its default there
+                mine = {k: found.get(k) for k in identity} | {"spec": {k: v for k, v in spec.items() if k != "text"}}
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 raise ConfigError(f"{out} holds a damaged {name} — pass another directory or delete it") from None
             if mine != identity:
@@ -337,6 +295,11 @@ def build_speech(out: str | Path, spec: SpeechSpec, progress: bool = True, worke
     for split in SPLITS:
         (out / split).mkdir(parents=True, exist_ok=True)
     _write_atomic(out / ".building.json", json.dumps(identity | {"spec": spec.to_json()}, indent=1))
+    pool = {}
+    if spec.random_accents:
+        text = [spoken for spoken, label in sentences if text_part(label) == "train"][:400]
+        pool = speech_accents.draw(spec.accents, spec.accent_pool, spec.accent_rules, text, spec.seed)
+        speech_accents.install(pool, out / ESPEAK_ROOT)
     jobs = [(u, out, spec.sample_rate) for split in SPLITS for u in utterances[split]]
     seconds = map_jobs(_render_file, jobs, workers, progress, unit="clip", start="spawn")
     train_words = {w for u in utterances["train"] for w in u.label.split()}
@@ -351,11 +314,14 @@ def build_speech(out: str | Path, spec: SpeechSpec, progress: bool = True, worke
         words = [w for u in us for w in u.label.split()]
         dataset["splits"][split] = {
             "count": len(us), "text": TEXT_OF[split], "sentences": len({u.label for u in us}),
-            "accents": sorted({u.voice.split("+")[0] for u in us}),
+            "accents": sorted({u.voice.split("+")[0].split(speech_accents.MARK)[0] for u in us}),
+            "random_accent_share": round(sum(speech_accents.MARK in u.voice for u in us) / max(1, len(us)), 4),
             "variants": sorted({u.voice.split("+")[1] for u in us}),
             "noise": dict(sorted(Counter(u.noise for u in us).items())), "snr_db": list(spec.snr_db),
             "hours": round(sum(secs) / 3600, 3), "mean_seconds": round(float(np.mean(secs)), 3) if us else 0.0,
             "unseen_words": round(sum(w not in train_words for w in words) / max(1, len(words)), 4)}
+    if pool:
+        dataset["random_accents"] = pool
     _write_atomic(out / "dataset.json", json.dumps(dataset, indent=1))
     (out / ".building.json").unlink()
     return dataset
@@ -383,4 +349,4 @@ def read_split(out: str | Path, split: str) -> list[tuple[Path, str, str]]:
 
 
 __all__ = ["ALPHABET", "SPLITS", "SpeechSpec", "Utterance", "build_speech", "normalise_text", "plan", "read_dataset",
-           "read_sentences", "read_split", "render", "text_part", "wav_frames"]
+           "read_sentences", "read_split", "render", "text_part", "training_sentences", "wav_frames"]
