@@ -18,19 +18,25 @@ from pathlib import Path
 
 from common import save
 
+from rnnkit.data import audio
 from rnnkit.data.speech import ESPEAK_ROOT, SPLITS, TEST_ACCENTS, TRAIN_ACCENTS, read_dataset, read_split
 
 
 def phonemes(sentences: list[str], voice: str, path: Path | None = None) -> list[str]:
     where = [f"--path={path}"] if path else []
-    out = subprocess.run(["espeak-ng", *where, "-v", voice, "-q", "-x", "--sep=_"], check=True, capture_output=True,
-                         input="\n".join(sentences).encode()).stdout.decode()
+    out = subprocess.run([audio.espeak_path(), *where, "-v", voice, "-q", "-x", "--sep=_"], check=True,
+                         capture_output=True, input="\n".join(sentences).encode()).stdout.decode()
     return [p for p in out.replace("\n", " ").replace(" ", "_").split("_") if p]
 
 
 def distance(a: list[str], b: list[str]) -> float:
     matched = sum(m.size for m in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks())
     return 1 - matched / max(len(a), len(b))
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def main() -> None:
@@ -41,11 +47,13 @@ def main() -> None:
     args = ap.parse_args()
     info = read_dataset(args.dataset)
     if "random_accents" not in info:
-        sys.exit(f"error: {args.dataset} has no random accents — build it with --random-accents 0.5")
+        fail(f"{args.dataset} has no random accents — build it with --random-accents 0.5")
     sentences = [label for _, label, _ in read_split(args.dataset, "train")][:200]
     base = phonemes(sentences, args.base)
     fixed = {a: distance(base, phonemes(sentences, a)) for a in TRAIN_ACCENTS + TEST_ACCENTS if a != args.base}
     names = [n for n in info["random_accents"] if n.split("~")[0] == args.base][:args.accents]
+    if not names:
+        fail(f"{args.dataset} has no random accents of {args.base} — pass --base with a training accent")
     random = {n: distance(base, phonemes(sentences, f"rand/{n}", args.dataset / ESPEAK_ROOT)) for n in names}
     for name, d in list(fixed.items()) + list(random.items()):
         print(f"{name:<22} {100 * d:5.1f}% of the phonemes of {args.base} differ")

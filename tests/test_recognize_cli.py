@@ -143,6 +143,7 @@ def test_a_character_lm_trained_on_lm_text_weighs_the_beam(run_dir, hw_dataset, 
         (["recognize", "eval", run_dir, "--lm", lm_run], "--beam >= 2"),
         (["recognize", "predict", run_dir, image, "--lm", lm_run], "--beam >= 2"),
         (["recognize", "eval", run_dir, "--beam", "4", "--lm", run_dir], "language_model"),
+        (["recognize", "eval", run_dir, "--beam", "4", "--lm", lm_run / "nothing"], "holds no run"),
         (["recognize", "eval", run_dir, "--beam", "4", "--lm", narrow_run], "vocabulary lacks"),
         (["recognize", "predict", run_dir, image, "--beam", "4", "--lm-weight", "1"], "--lm-weight shapes"),
         (["recognize", "eval", run_dir, "--beam", "4", "--lm-end"], "--lm-end shapes"),
@@ -257,6 +258,7 @@ def test_user_errors(run_dir, hw_dataset, capsys, tmp_path):
         (["data", "speech", tmp_path / "sp", "--random-accents", "2"], "random accents"),
         (["data", "speech", tmp_path / "sp", "--random-accents", "0.5", "--accent-rules", "2.5,4"], "--accent-rules"),
         (["data", "speech", tmp_path / "sp", "--random-accents", "0.5", "--accent-rules", "5,2"], "random accents"),
+        (["data", "speech", tmp_path / "sp", "--accent-rules", "2,5"], "--random-accents"),
     ]
     for argv, fragment in cases:
         code, out, err = run(capsys, *argv)

@@ -59,8 +59,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--random-accents", type=float, default=0.0, metavar="SHARE",
                    help="share of training and validation utterances read in a random accent: a training accent "
                         "with random phoneme substitutions (default: 0)")
-    p.add_argument("--accent-rules", default="6,12", metavar="LOW,HIGH",
-                   help="phoneme substitutions per random accent (default: 6,12)")
+    p.add_argument("--accent-rules", default=None, metavar="LOW,HIGH",
+                   help="with --random-accents: phoneme substitutions per random accent (default: 6,12)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--workers", type=int, default=2, help="synthesis processes (default: 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -126,10 +126,13 @@ def cmd_speech(args: argparse.Namespace) -> int:
 
     extra = {name: _names(getattr(args, name)) for name in ("test_accents", "test_variants")
              if getattr(args, name) is not None}
+    if args.accent_rules is not None:
+        if not args.random_accents:
+            raise ConfigError("--accent-rules shapes the random accents — give --random-accents SHARE too, e.g. 0.5")
+        extra["accent_rules"] = _pair(args.accent_rules, "--accent-rules", int, "6,12")
     spec = SpeechSpec(text=_text(args), train=args.train, val=args.val, test=args.test,
                       test_seen_voice=args.test_seen_voice, snr_db=_pair(args.snr, "--snr"), seed=args.seed,
-                      random_accents=args.random_accents,
-                      accent_rules=_pair(args.accent_rules, "--accent-rules", int, "6,12"), **extra)
+                      random_accents=args.random_accents, **extra)
     if args.workers <= 0:
         raise ConfigError(f"--workers must be positive (got {args.workers}) — e.g. --workers 2")
     return _summary(build_speech(args.out, spec, progress=not args.quiet, workers=args.workers), args.out)

@@ -200,6 +200,9 @@ def _check_lm_flags(args: argparse.Namespace) -> None:
     if args.beam < 2:
         raise ConfigError(f"a language model weighs the beam search's prefixes — give --beam >= 2 (got {args.beam}), "
                           "e.g. --beam 10")
+    if args.lm and not (args.lm / "config.json").is_file():
+        raise ConfigError(f"--lm {args.lm} holds no run (no config.json) — pass the directory of an `rnnkit train` "
+                          "run (its --out)")
     if args.lm and args.lm_text is not None:
         raise ConfigError("--lm-text is text for the n-gram (--lm-order); the recurrent LM of --lm read its own "
                           "text when it was trained — drop --lm-text")

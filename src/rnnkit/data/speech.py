@@ -135,10 +135,10 @@ class SpeechSpec:
     def to_json(self) -> dict:
         d = asdict(self)
         d["text"] = str(self.text)
+        if not self.random_accents:  # the same spec, and dataset.json, as a build before random accents existed
+            for key in ("random_accents", "accent_pool", "accent_rules"):
+                del d[key]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-_DEFAULTS = SpeechSpec(Path()).to_json()
 
 
 @dataclass(frozen=True)
@@ -258,8 +258,8 @@ def _claim(out: Path, identity: dict) -> dict | None:
         if path.exists():
             try:
                 found = json.loads(path.read_text(encoding="utf-8"))
-                spec = _DEFAULTS | found["spec"]  # a field added since the build has its default there
-                mine = {k: found.get(k) for k in identity} | {"spec": {k: v for k, v in spec.items() if k != "text"}}
+                mine = {k: found.get(k) for k in identity} | {"spec": {k: v for k, v in found["spec"].items()
+                                                                       if k != "text"}}
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 raise ConfigError(f"{out} holds a damaged {name} — pass another directory or delete it") from None
             if mine != identity:
@@ -315,11 +315,13 @@ def build_speech(out: str | Path, spec: SpeechSpec, progress: bool = True, worke
         dataset["splits"][split] = {
             "count": len(us), "text": TEXT_OF[split], "sentences": len({u.label for u in us}),
             "accents": sorted({u.voice.split("+")[0].split(speech_accents.MARK)[0] for u in us}),
-            "random_accent_share": round(sum(speech_accents.MARK in u.voice for u in us) / max(1, len(us)), 4),
             "variants": sorted({u.voice.split("+")[1] for u in us}),
             "noise": dict(sorted(Counter(u.noise for u in us).items())), "snr_db": list(spec.snr_db),
             "hours": round(sum(secs) / 3600, 3), "mean_seconds": round(float(np.mean(secs)), 3) if us else 0.0,
             "unseen_words": round(sum(w not in train_words for w in words) / max(1, len(words)), 4)}
+        if pool:
+            share = sum(speech_accents.MARK in u.voice for u in us) / max(1, len(us))
+            dataset["splits"][split]["random_accent_share"] = round(share, 4)
     if pool:
         dataset["random_accents"] = pool
     _write_atomic(out / "dataset.json", json.dumps(dataset, indent=1))

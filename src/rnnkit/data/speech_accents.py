@@ -6,21 +6,22 @@ word, 2 only in an unstressed syllable, 3 both, 0 anywhere). A *random accent* i
 with more such lines (``SpeechSpec.accent_rules``, 6-12 by default) drawn uniformly at random: a phoneme the base
 accent uses is said as another of the same kind (vowel for vowel, consonant for consonant), with random flags.
 Nothing is drawn toward any accent in particular, held-out ones included: the pairs are uniform over the base
-accent's inventory, so "th" said as "d" is one of some 700 consonant pairs. The aim is a recogniser that has heard
-English pronounced in ways no fixed accent pronounces it, and so leans on the rest of the word and the sentence, as
-it must for an accent it never heard.
+accent's inventory, so "th" said as "d" is one of some 500 ordered consonant pairs. The aim is a recogniser that has
+heard English pronounced in ways no fixed accent pronounces it, and so leans on the rest of the word and the
+sentence, as it must for an accent it never heard.
 
-6-12 lines change 4-14% of a base accent's phonemes on 200 training sentences (mean 8.7%;
+6-12 lines change 4-14% of RP's phonemes in ten of its random accents, on 200 training sentences (mean 8.7%;
 ``benchmarks/accent_distance.py``), as much as real accents differ: RP differs from General American on 6.7%, from
 Scottish English on 10.6%, from the held-out Caribbean accent on 6.5%.
 
 Measured (docs/recognize.md, 2,000 CPU steps): with half the training utterances in random accents the recogniser
-was worse everywhere (held-out accent 36.9% CER against 33.0%), though the held-out accent's excess over the same
-sentences in training voices shrank from 33% to 24% of the latter. It is off unless asked for.
+was worse everywhere, by 3.9-5.2 points (held-out accent 36.9% CER against 33.0%), though the held-out accent's
+excess over the same sentences in training voices shrank from 33% to 24% of the latter. It is off unless asked for.
 
 Inventory: the phonemes espeak-ng writes (``-x --sep=_``) for a base accent reading the first 400 sentences of the
-training text, those seen at least 5 times (so a rare or marker symbol is never drawn). Draws come from
-``numpy.random.default_rng([seed, 50])`` in a fixed order, so the pool is the same on any machine with the same
+training text, those seen at least 5 times whose name starts with a letter, "@" or "3": that leaves out espeak's
+marks (";" for palatalised), and with them its "0" (the vowel of British "lot") and "?" (glottal stop). Draws come
+from ``numpy.random.default_rng([seed, 50])`` in a fixed order, so the pool is the same on any machine with the same
 espeak-ng data. The voice files live in ``DATASET/.espeak/espeak-ng-data/voices/rand/``: a tree of links to the
 installed espeak-ng data plus the new files, passed to espeak-ng with ``--path``.
 """
@@ -99,27 +100,39 @@ def draw(accents: tuple[str, ...], per_accent: int, rules: tuple[int, int], sent
     return pool
 
 
+def _link(target: Path, link: Path) -> None:
+    """``link`` -> ``target``, replacing a link already there (a stale one too), never a real file or folder."""
+    tmp = link.with_name(f".{link.name}.link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    tmp.replace(link)
+
+
 def install(pool: dict[str, list[str]], root: Path) -> Path:
     """Write the pool's voice files under ``root`` (a tree of links to the installed data) and return the
     directory to pass as espeak-ng's ``--path``. Idempotent: a resumed build writes the same files."""
     source, files = data_dir(), voice_files()
     tree = root / "espeak-ng-data"
-    (tree / "voices" / "rand").mkdir(parents=True, exist_ok=True)
-    for entry in source.iterdir():
-        link = tree / entry.name if entry.name != "voices" else None
-        if link is not None and not link.is_symlink():
-            link.symlink_to(entry)
-    for entry in (source / "voices").iterdir() if (source / "voices").is_dir() else ():
-        link = tree / "voices" / entry.name
-        if not link.is_symlink():
-            link.symlink_to(entry)
-    for name, lines in pool.items():
-        base, _, _ = name.partition(MARK)
-        text = (source / "lang" / files[base]).read_text(encoding="utf-8")
-        path = tree / "voices" / "rand" / name
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
-        tmp.replace(path)
+    try:
+        (tree / "voices" / "rand").mkdir(parents=True, exist_ok=True)
+        for entry in source.iterdir():
+            if entry.name != "voices":
+                _link(entry, tree / entry.name)
+        for entry in (source / "voices").iterdir() if (source / "voices").is_dir() else ():
+            _link(entry, tree / "voices" / entry.name)
+        for name, lines in pool.items():
+            base = name.partition(MARK)[0]
+            if base not in files:
+                raise CorpusError(f"accent {base} has no espeak-ng voice file of its own (mbrola only) — pick "
+                                  "training accents from `espeak-ng --voices=en` whose file is not mb/...")
+            text = (source / "lang" / files[base]).read_text(encoding="utf-8")
+            path = tree / "voices" / "rand" / name
+            tmp = path.with_name(f".{name}.tmp")
+            tmp.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n", encoding="utf-8")
+            tmp.replace(path)
+    except OSError as e:
+        raise CorpusError(f"cannot set up the random accents' voices in {root} ({e.strerror or e}: "
+                          f"{e.filename or ''}) — delete {root} and build again") from None
     return root
 
 
