@@ -6,6 +6,8 @@
 #
 #   here:   benchmarks/speech_gpu.sh prepare            # wheels + espeak-ng (binary, libraries, English data) into .gpu/
 #   there:  benchmarks/speech_gpu.sh start 50000 17.5   # build the dataset, start training under setsid, watch
+#                                                        # (DATA_FLAGS="--random-accents 0.5" before it: extra
+#                                                        # flags for the dataset; extra training flags go after 17.5)
 #   there:  benchmarks/speech_gpu.sh watch               # again at once, each time: watch ~9.5 minutes, then
 #                                                        # copy the best weights so far to $OUT (split in 15 MB parts)
 #   here:   benchmarks/speech_gpu.sh join FILES_AT RUN   # rebuild RUN/best.safetensors + config.json from the parts
@@ -86,7 +88,8 @@ EOF
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
     espeak-ng --version
     t0=$SECONDS
-    "$PY" -m rnnkit data speech $DATA --text $GPU/spa.txt --train "$n" --workers "$(nproc)" --quiet
+    # shellcheck disable=SC2086  # DATA_FLAGS="--random-accents 0.5": extra dataset flags, split on spaces
+    "$PY" -m rnnkit data speech $DATA --text $GPU/spa.txt --train "$n" --workers "$(nproc)" --quiet ${DATA_FLAGS:-}
     echo "dataset: $((SECONDS - t0)) s"
     setsid nohup "$PY" -m rnnkit recognize train --data $DATA --out $RUN --device "$DEVICE" --minutes "$minutes" \
       --hidden-size 320 --num-layers 3 --time-stride 4 --batch-size 64 --lr 2e-3 --warmup-steps 200 \
