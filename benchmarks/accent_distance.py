@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import subprocess
 import sys
 from pathlib import Path
 
 from common import save
 
-from rnnkit.data import audio
+from rnnkit.data import speech_accents
 from rnnkit.data.speech import ESPEAK_ROOT, SPLITS, TEST_ACCENTS, TRAIN_ACCENTS, read_dataset, read_split
 
 
 def phonemes(sentences: list[str], voice: str, path: Path | None = None) -> list[str]:
-    where = [f"--path={path}"] if path else []
-    out = subprocess.run([audio.espeak_path(), *where, "-v", voice, "-q", "-x", "--sep=_"], check=True,
-                         capture_output=True, input="\n".join(sentences).encode()).stdout.decode()
+    out = speech_accents.transcription(voice, sentences, path)
     return [p for p in out.replace("\n", " ").replace(" ", "_").split("_") if p]
 
 

@@ -65,16 +65,22 @@ def voice_files() -> dict[str, str]:
     return files
 
 
+def transcription(voice: str, sentences: list[str], data_path: Path | None = None) -> str:
+    """What espeak-ng says ``sentences`` are in ``voice``, as phoneme names (``-x --sep=_``: "D_@2 k_'a_t"), one
+    line per clause; ``data_path`` as in ``audio.synthesize`` (a random accent's tree)."""
+    where = [f"--path={data_path}"] if data_path is not None else []
+    run = subprocess.run([audio.espeak_path(), *where, "-v", voice, "-q", "-x", "--sep=_"],
+                         input="\n".join(sentences).encode("utf-8"), capture_output=True)
+    if run.returncode != 0:
+        raise CorpusError(f"espeak-ng could not transcribe in voice {voice} (status {run.returncode}) — check "
+                          "`espeak-ng --voices=en` lists it")
+    return run.stdout.decode("utf-8", "replace")
+
+
 def inventory(accent: str, sentences: list[str], min_count: int = 5) -> tuple[list[str], list[str]]:
     """``(vowels, consonants)``: the phoneme names ``accent`` uses reading ``sentences``, each seen ``min_count``
     times or more, sorted."""
-    run = subprocess.run([audio.espeak_path(), "-v", accent, "-q", "-x", "--sep=_"],
-                         input="\n".join(sentences).encode("utf-8"), capture_output=True)
-    if run.returncode != 0:
-        raise CorpusError(f"espeak-ng could not transcribe in accent {accent} (status {run.returncode}) — check "
-                          "`espeak-ng --voices=en` lists it")
-    counts = Counter(p.strip(_STRIP) for word in run.stdout.decode("utf-8", "replace").split()
-                     for p in word.split("_"))
+    counts = Counter(p.strip(_STRIP) for word in transcription(accent, sentences).split() for p in word.split("_"))
     names = sorted(p for p, n in counts.items() if n >= min_count and p and (p[0].isalpha() or p[0] in _VOWEL_START))
     vowels = [p for p in names if p[0] in _VOWEL_START]
     return vowels, [p for p in names if p[0] not in _VOWEL_START]
