@@ -17,6 +17,7 @@ from rnnkit.data.streams import IGNORE_INDEX
 from rnnkit.errors import ConfigError
 from rnnkit.models.output import Output, check_recurrent_config
 from rnnkit.nn.cells import CELL_TYPES, State
+from rnnkit.nn.penalty import activation_penalty
 from rnnkit.nn.recurrent import Recurrent
 
 
@@ -120,14 +121,7 @@ class LanguageModel(nn.Module):
 
         The change from step to step is taken within the window: the carried state's last output is not kept.
         """
-        ar, tar = self.config.activation_reg, self.config.temporal_activation_reg
-        if not (ar or tar):
-            return None
-        y = y.to(torch.promote_types(y.dtype, torch.float32))  # bf16 under autocast: the squares in fp32
-        penalty = ar * y.pow(2).mean()
-        if tar and y.shape[1] > 1:
-            penalty = penalty + tar * (y[:, 1:] - y[:, :-1]).pow(2).mean()
-        return penalty
+        return activation_penalty(y, self.config.activation_reg, self.config.temporal_activation_reg)
 
     @torch.no_grad()
     def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
