@@ -187,3 +187,15 @@ def test_reset_parameters_uses_torch_bound():
     for p in cell.parameters():
         assert p.abs().max() <= bound
         assert p.std() > bound / 4  # filled, not left as torch.empty
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbatched_input_and_a_state_of_the_wrong_batch_are_refused(kind):
+    """(C,) input would be read as a batch of C rows; a state for 1 row would broadcast over the batch."""
+    cell = make_cell(kind, C, H).double()
+    with pytest.raises(ConfigError, match=r"a cell takes input of shape \(B, C\), got \(4,\)"):
+        cell(torch.randn(C, dtype=torch.float64))
+    one_row = random_state(kind, batch=1)
+    with pytest.raises(ConfigError, match=rf"a cell's state must be .* of shape \({B}, {H}\) for a batch of {B}"):
+        cell(torch.randn(B, C, dtype=torch.float64), one_row)
+    assert as_tuple(cell(torch.randn(B, C, dtype=torch.float64), random_state(kind)))[0].shape == (B, H)

@@ -145,7 +145,8 @@ def test_invalid_train_flags(small_corpus, tmp_path, capsys, flags, fragment):
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--temperature", "-1"], "temperature must be >= 0"),
+    (["--temperature", "-1"], "temperature must be a finite number >= 0"),
+    (["--temperature", "nan"], "'nan' is not a finite number"),
     (["--top-p", "0"], "top-p must be in (0, 1]"),
     (["--top-p", "1.5"], "top-p must be in (0, 1]"),
     (["--top-k", "0"], "top-k must be positive"),

@@ -303,6 +303,8 @@ def test_next_token_greedy_at_temperature_zero():
     ("kwargs", "match"),
     [
         ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature must be a finite number"),
+        ({"temperature": float("inf")}, "temperature must be a finite number"),
         ({"top_k": 0}, "top-k"),
         ({"top_k": -3}, "top-k"),
         ({"top_p": 0.0}, "top-p"),

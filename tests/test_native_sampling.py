@@ -14,7 +14,7 @@ from test_cli import SMALL, run
 
 from rnnkit import native
 from rnnkit.errors import ConfigError
-from rnnkit.generate import NATIVE_CHUNK, NATIVE_MAX_BATCH, FastStepper, filter_logits, generate
+from rnnkit.generate import NATIVE_CHUNK, NATIVE_MAX_BATCH, FastStepper, filter_logits, generate, next_token
 from rnnkit.models.language_model import LanguageModel, LanguageModelConfig
 from rnnkit.native.sampler import NativeLSTM, quantize_rows
 
@@ -176,6 +176,27 @@ def test_filter_matches_filter_logits(temperature, top_k, top_p):
         logits = torch.randn(50, generator=g) * 3
         theirs = filter_logits(logits[None] / temperature, top_k, top_p).softmax(-1)[0]
         torch.testing.assert_close(c_filter(logits, temperature, top_k, top_p), theirs, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-40, 1e-45])
+def test_tiny_temperatures_are_greedy_not_infinite(temperature):
+    """logits / a tiny temperature overflow, and the kernel is built assuming no infinities: all of the mass goes
+    to the most likely token, wherever it is and whatever the filters, on the kernel and on torch's path."""
+    g = torch.Generator().manual_seed(7)
+    for _ in range(20):
+        logits = torch.randn(50, generator=g) * 3
+        best = int(logits.argmax())
+        for top_k, top_p in [(None, None), (5, None), (None, 0.9)]:
+            probs = c_filter(logits, temperature, top_k, top_p)
+            assert probs[best] == 1.0 and probs.sum() == 1.0, (top_k, top_p)
+        assert int(next_token(logits[None], temperature, None, None, g)) == best
+    model = lstm_model(1, hidden=8)
+    state, _ = primed(model, batch=4)
+    tokens = torch.tensor([3, 1, 4, 1])
+    kernels = NativeLSTM.for_model(model)
+    sampled = kernels.generate(tokens, kernels.state(state), torch.rand(5, 4, generator=g), temperature, None, None)
+    greedy = kernels.generate(tokens, kernels.state(state), torch.rand(5, 4, generator=g), 0.0, None, None)
+    assert torch.equal(sampled, greedy)
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.6, None, None), (1.0, 4, None),

@@ -25,7 +25,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from rnnkit.errors import ConfigError
-from rnnkit.nn.recurrent import Recurrent
+from rnnkit.nn.recurrent import Recurrent, map_state
 
 
 # -- weights, both ways --------------------------------------------------------------------------------------
@@ -179,6 +179,51 @@ def test_input_must_be_3d(path):
         layer(torch.randn(T, C))
     with pytest.raises(ConfigError, match="expected input of shape"):
         layer(torch.randn(1, B, T, C))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "lnlstm"])
+def test_a_state_of_the_wrong_shape_is_refused_not_broadcast(path, cell):
+    """On the explicit path a (L, 1, H) state, or a (B, H) one, would broadcast against the batch: every row would
+    start from the first row's state. Every path refuses it, as torch's fused kernel does."""
+    if cell == "lnlstm" and path == "fused":
+        return  # no fused kernel
+    layer = Recurrent(cell, C, H, 2, path=path)
+    x = torch.randn(B, T, C)
+    good = layer.init_state(B)
+    one_row = map_state(lambda s: s[:, :1], good)
+    flat = map_state(lambda s: s[0], good)  # (B, H): a cell's state
+    half = good[0] if isinstance(good, tuple) else (good, good)  # an LSTM given h alone, a GRU given a pair
+    for bad in (one_row, flat, half):
+        with pytest.raises(ConfigError, match=rf"the layer's state must be .* of shape \(2, {B}, {H}\)"):
+            layer(x, bad)
+        with pytest.raises(ConfigError, match="the layer's state must be"):
+            layer.step(x[:, 0], bad)
+    y, state = layer(x, good)
+    assert_close(layer(x, state)[0], layer(x, map_state(torch.clone, state))[0])
+
+
+def test_packed_input_is_refused_with_the_way_to_pad_it():
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 3, C), torch.tensor([3, 1]), batch_first=True)
+    with pytest.raises(ConfigError, match="not a PackedSequence — pad_packed_sequence"):
+        Recurrent("lstm", C, H)(packed)
+
+
+@pytest.mark.parametrize("kwargs", [{"zoneout": 0.3}, {"recurrent_dropout": 0.2}])
+def test_to_torch_refuses_what_torch_cannot_compute(kwargs):
+    """Zoneout mixes old and new states at evaluation too: a plain torch module would compute something else."""
+    layer = Recurrent("lstm", C, H, **kwargs)
+    with pytest.raises(ConfigError, match="zoneout or recurrent dropout has no torch.nn equivalent"):
+        layer.to_torch()
+
+
+def test_to_torch_of_one_layer_with_dropout_is_quiet():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns of dropout on a one-layer module
+        module = Recurrent("gru", C, H, 1, dropout=0.3).to_torch()
+    assert module.dropout == 0.0
 
 
 @pytest.mark.parametrize("path", PATHS)

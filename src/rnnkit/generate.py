@@ -6,6 +6,7 @@ Shape letters: B samples generated together, V vocabulary size.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -18,8 +19,9 @@ from rnnkit.nn.recurrent import Recurrent, map_state
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, length: int, num_samples: int) -> None:
-    if temperature < 0:
-        raise ConfigError(f"temperature must be >= 0 (got {temperature}) — 0 means greedy, 1 samples as trained")
+    if not (temperature >= 0 and math.isfinite(temperature)):  # NaN fails every comparison
+        raise ConfigError(f"temperature must be a finite number >= 0 (got {temperature}) — 0 means greedy, "
+                          "1 samples as trained")
     if top_k is not None and top_k <= 0:
         raise ConfigError(f"top-k must be positive (got {top_k}) — e.g. --top-k 10, or leave it out")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -53,7 +55,9 @@ def next_token(logits: Tensor, temperature: float, top_k: int | None, top_p: flo
     """``logits (B, V)`` -> ``tokens (B,)``: argmax at temperature 0, else a draw from the filtered softmax."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    wide = logits.float()
+    # the shift first: logits / a tiny temperature overflow to inf, and the softmax of inf is NaN
+    probs = filter_logits((wide - wide.amax(-1, keepdim=True)) / temperature, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -25,6 +25,7 @@
  *   z = [LN_ih(W_ih x) * ln_in_g + ln_in_b] + LN(W_hh h) * ln_h_g + shift;  c' = sig(f) c + sig(i) tanh(g);
  *   h' = sig(o) tanh(LN(c') * ln_c_g + ln_c_b), where LN(v) = (v - mean(v)) / sqrt(var(v) + eps).
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -254,9 +255,18 @@ static int desc(const void *a, const void *b) {
  * (the file is built with -ffast-math): a dropped token gets probability 0. */
 int rnnkit_filter_probs(const float *logits, int64_t V, float temperature, int64_t top_k, float top_p,
                         float *probs, float *order) {
-    for (int64_t v = 0; v < V; v++) probs[v] = logits[v] / temperature; /* z, computed once */
-    float mx = probs[0], kth = 0.0f;
-    for (int64_t v = 1; v < V; v++) mx = fmaxf(mx, probs[v]);
+    /* z = (logit - max) / temperature, computed once. Built with -ffast-math, this code may assume there are no
+     * infinities (and divide by multiplying with 1 / temperature), and a tiny temperature would make them. So the
+     * temperature is at least 1e-30, where 1 / t is finite and a draw is already greedy for logits more than
+     * 1e-28 apart; and a difference below -1e38 t gets -FLT_MAX (its probability is 0 either way). Every z is then finite, and the most likely token's is 0. */
+    float top = logits[0];
+    for (int64_t v = 1; v < V; v++) top = fmaxf(top, logits[v]);
+    const float t = fmaxf(temperature, 1e-30f), lo = t >= 1.0f ? -1e38f : -1e38f * t;
+    for (int64_t v = 0; v < V; v++) {
+        float d = logits[v] - top;
+        probs[v] = d >= lo ? d / t : -FLT_MAX;
+    }
+    float mx = 0.0f, kth = 0.0f;
     int by_rank = top_k > 0 && top_k < V;
     if (by_rank) {
         memcpy(order, probs, sizeof(float) * V);

@@ -122,9 +122,34 @@ class Cell(nn.Module, ABC):
 
     def forward(self, x: Tensor, state: State | None = None) -> State:
         """One step: ``x (B, C)``, ``state`` as ``init_state`` gives -> the next state."""
+        if x.dim() != 2:
+            raise ConfigError(f"a cell takes input of shape (B, C), got {tuple(x.shape)} — "
+                              "add a batch dimension with x.unsqueeze(0)")
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
+        else:
+            self.check_state(state, x.shape[0])
         return self.step(self.input_projection(x), state)
+
+    def check_state(self, state: State, batch_size: int, lead: tuple[int, ...] = (), what: str = "a cell") -> None:
+        """Raise ConfigError unless ``state`` has ``init_state(batch_size)``'s kind and shapes, each part with the
+        leading dimensions ``lead`` (a layer's ``(L*D,)``): a state of the wrong batch size would otherwise
+        broadcast against the batch, every row starting from the first row's state."""
+        template = self.__dict__.get("_state_template")
+        if template is None:  # one (1, ...) zero state on the meta device: its kind and per-row shapes
+            template = self.init_state(1, device="meta")
+            template = (isinstance(template, tuple),
+                        [t.shape[1:] for t in (template if isinstance(template, tuple) else (template,))])
+            self.__dict__["_state_template"] = template
+        paired, rows = template
+        parts = state if isinstance(state, tuple) else (state,)
+        want = [(*lead, batch_size, *shape) for shape in rows]
+        if (isinstance(state, tuple) != paired or len(parts) != len(want)
+                or any(not isinstance(p, Tensor) or tuple(p.shape) != w for p, w in zip(parts, want, strict=True))):
+            got = ", ".join(str(tuple(p.shape)) if isinstance(p, Tensor) else type(p).__name__ for p in parts)
+            kind = f"a pair of tensors of shape {want[0]}" if paired else f"a tensor of shape {want[0]}"
+            raise ConfigError(f"{what}'s state must be {kind} for a batch of {batch_size}, got {got} — pass the "
+                              "state it returned for a batch of this size, or None for zeros")
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, bias={self.bias}"

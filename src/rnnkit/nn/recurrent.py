@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.errors import ConfigError
 from rnnkit.nn.cells import Cell, State, make_cell
@@ -155,14 +155,18 @@ class Recurrent(nn.Module):
 
     def to_torch(self) -> nn.RNNBase:
         """A torch.nn.RNN/LSTM/GRU (batch_first) holding a copy of these weights."""
-        mode = self.cells[0].fused_mode
+        mode = self.cells[0].fused_kernel
         if mode is None:
-            raise ConfigError(f"{type(self.cells[0]).__name__} has no torch.nn equivalent")
+            what = type(self.cells[0]).__name__
+            if self.cells[0].fused_mode is not None:
+                what = "a layer with zoneout or recurrent dropout"  # both act at evaluation too (zoneout's mix)
+            raise ConfigError(f"{what} has no torch.nn equivalent")
         kwargs = _mode_kwargs(mode)
         p = self.cells[0].weight_ih
         module = _FUSED_MODULES[mode](
             self.input_size, self.hidden_size, self.num_layers, bias=self.bias, batch_first=True,
-            dropout=self.dropout, bidirectional=self.bidirectional, device=p.device, dtype=p.dtype, **kwargs,
+            dropout=self.dropout if self.num_layers > 1 else 0.0, bidirectional=self.bidirectional,
+            device=p.device, dtype=p.dtype, **kwargs,
         )
         module.load_state_dict(self.torch_state_dict())
         return module
@@ -211,6 +215,9 @@ class Recurrent(nn.Module):
         self, x: Tensor, state: State | None = None, lengths: Tensor | None = None
     ) -> tuple[Tensor, State]:
         """``x (B, T, C)`` -> ``(y (B, T, D*H), state)``; see the class docstring."""
+        if isinstance(x, PackedSequence):
+            raise ConfigError("Recurrent takes a padded (B, T, C) tensor with lengths=, not a PackedSequence — "
+                              "pad_packed_sequence(x, batch_first=True) gives both")
         if x.dim() != 3:
             raise ConfigError(f"expected input of shape (B, T, C), got {tuple(x.shape)}")
         B, T, _ = x.shape
@@ -222,6 +229,8 @@ class Recurrent(nn.Module):
                 lengths = None  # nothing is padded
         if state is None:
             state = self.init_state(B, x.device, x.dtype)
+        else:
+            self.cells[0].check_state(state, B, (len(self.cells),), "the layer")
         if self.weight_drop and self.training and not self._dropping:
             return self._forward_weight_dropped(x, state, lengths)
         if self._fused is not None:
@@ -301,6 +310,7 @@ class Recurrent(nn.Module):
         """
         if self.bidirectional:
             raise ConfigError("a bidirectional layer cannot be stepped one token at a time")
+        self.cells[0].check_state(state, x.shape[0], (len(self.cells),), "the layer")
         new = []
         for k, cell in enumerate(self.cells):
             s = cell.step(cell.input_projection(x), map_state(lambda t, k=k: t[k], state))
