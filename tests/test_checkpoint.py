@@ -1,6 +1,7 @@
 """Checkpoints: round trip, tamper and corruption detection, version checks, atomic writes."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from rnnkit.checkpoint import (
     load_tensors,
     model_tensors,
     save_tensors,
+    weights_read,
     write_json,
 )
 from rnnkit.data import CharVocab
@@ -49,10 +51,12 @@ def test_best_falls_back_to_last_and_prefers_best(tmp_path):
     model, _ = write_run(tmp_path / "run")
     loaded, _, _ = load_run(tmp_path / "run", "best")  # no best.safetensors yet: last
     assert torch.equal(loaded.head.weight, model.head.weight)
+    assert weights_read(tmp_path / "run", "best") == "last"  # what the reports then name
     other = {k: v + 1 for k, v in model_tensors(model).items()}
     save_tensors(tmp_path / "run" / BEST, other)
     loaded, _, _ = load_run(tmp_path / "run", "best")
     assert torch.equal(loaded.head.weight, model.head.weight + 1)
+    assert [weights_read(tmp_path / "run", w) for w in ("best", "last")] == ["best", "last"]
 
 
 def test_tampered_weights_are_refused(tmp_path):
@@ -114,3 +118,22 @@ def test_metadata_round_trip_and_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write(tmp_path / "t.safetensors", b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
     assert (tmp_path / "t.safetensors").read_bytes() == b"new"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_writes_get_the_permissions_of_any_new_file(tmp_path, umask):
+    """0666 less the umask, as open() gives (tempfile.mkstemp's 0600 would hide a run from its group)."""
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "a.json", b"{}")
+        (tmp_path / "b.json").write_bytes(b"{}")
+    finally:
+        os.umask(old)
+    mode = (tmp_path / "a.json").stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask == (tmp_path / "b.json").stat().st_mode & 0o777
+
+
+def test_a_refused_atomic_write_names_the_file_not_its_temporary(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        atomic_write(tmp_path / "missing" / "config.json", b"{}")
+    assert info.value.filename == str(tmp_path / "missing" / "config.json")

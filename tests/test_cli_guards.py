@@ -128,6 +128,49 @@ def test_training_into_a_directory_of_other_files_is_refused(verb, small_corpus,
     assert tree(mine) == before
 
 
+@pytest.mark.parametrize("config", ['{"my": "settings"}', "[1, 2]", "not json"])
+def test_training_into_a_directory_with_someone_elses_config_is_refused(config, small_corpus, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / CONFIG).write_text(config)
+    (mine / "metrics.csv").write_text("my own numbers\n")
+    before = tree(mine)
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--out", mine, "--max-steps", 1, *SMALL)
+    assert_user_error(code, err, str(mine), "config.json that is not an rnnkit run's", "new or empty directory")
+    assert tree(mine) == before
+
+
+@pytest.mark.parametrize("damage, argv, key", [
+    (lambda c: c.update(vocab="abc"), ["sample", "{run}"], "vocab"),
+    (lambda c: c.update(train=[1]), ["eval", "{run}"], "train"),
+    (lambda c: c.update(train=[1]), ["train", "--resume", "{run}"], "train"),
+    (lambda c: c["data"].update(path=None), ["eval", "{run}"], "data.path"),
+    (lambda c: c["train"].update(eval_streams="8"), ["eval", "{run}"], "train.eval_streams"),
+    (lambda c: c.pop("model"), ["sample", "{run}"], "model"),
+])
+def test_a_config_json_with_a_damaged_part_is_one_line(lm_run, tmp_path, capsys, damage, argv, key):
+    run_dir = tmp_path / "damaged"
+    shutil.copytree(lm_run, run_dir)
+    config = json.loads((run_dir / CONFIG).read_text())
+    damage(config)
+    (run_dir / CONFIG).write_text(json.dumps(config))
+    before = tree(run_dir)
+    code, _, err = run(capsys, *(run_dir if a == "{run}" else a for a in argv))
+    assert_user_error(code, err, f"'{key}'", "the checkpoint is damaged")
+    assert tree(run_dir) == before
+
+
+def test_a_resume_that_fails_leaves_config_json_as_it_was(lm_run, capsys):
+    """Its new settings are written with its first checkpoint: here it diverges first, so a plain --resume later
+    does not inherit the learning rate that made it diverge."""
+    kept = (CONFIG, MODEL, BEST, "trainer_state.safetensors")
+    before = {name: digest(lm_run / name) for name in kept}
+    code, _, err = run(capsys, "train", "--resume", lm_run, "--max-steps", 40, "--lr", 1e30, "--sample-length", 0)
+    assert code == 2 and "became nan" in err.splitlines()[-1] and "untouched" in err.splitlines()[-1]
+    assert {name: digest(lm_run / name) for name in kept} == before
+    assert json.loads((lm_run / CONFIG).read_text())["train"]["lr"] < 1
+
+
 def test_training_into_an_empty_directory_or_a_run_that_never_saved(small_corpus, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -275,6 +318,22 @@ def test_a_damaged_recognition_dataset_is_one_line(hw_dataset, tmp_path, capsys,
     code, _, err = run(capsys, "recognize", "train", "--data", data, "--out", tmp_path / "run", "--max-steps", 1)
     assert_user_error(code, err, fragment.format(last=last), "build it again")
     assert not (tmp_path / "run" / MODEL).exists()
+
+
+@pytest.mark.parametrize("key, value", [("alphabet", None), ("splits", [1]), ("spec", "x")])
+def test_a_damaged_dataset_json_is_one_line(hw_dataset, tmp_path, capsys, key, value):
+    data = tmp_path / "data"
+    shutil.copytree(hw_dataset, data)
+    info = json.loads((data / "dataset.json").read_text())
+    info[key] = value
+    (data / "dataset.json").write_text(json.dumps(info))
+    code, _, err = run(capsys, "recognize", "train", "--data", data, "--out", tmp_path / "run", "--max-steps", 1)
+    assert_user_error(code, err, f"no valid '{key}'", "build it again")
+    (data / "dataset.json").write_text("[1, 2]")  # JSON, but no object: the builder will not build over it
+    text = tmp_path / "text.txt"
+    text.write_text("Some words to write.\n" * 50)
+    code, _, err = run(capsys, "data", "handwriting", data, "--text", text)
+    assert_user_error(code, err, "holds a damaged dataset.json")
 
 
 def test_a_truncated_frame_cache_is_rebuilt(hw_dataset, tmp_path):

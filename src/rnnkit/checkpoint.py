@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -35,10 +35,23 @@ BEST = "best.safetensors"
 TRAINER_STATE = "trainer_state.safetensors"
 
 
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A new file next to ``path`` with the permissions any new file gets (0666 less the umask), as
+    ``open(path, "w")`` would make it; ``tempfile.mkstemp`` makes 0600, which would hide a run from its group."""
+    while True:
+        tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"))
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+        except OSError as e:  # a read-only or missing directory: name the file the user asked for
+            raise type(e)(e.errno, e.strerror, str(path)) from None
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -109,8 +122,44 @@ def write_json(path: Path, obj: dict) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
+_NULL = type(None)
+_RUN = {"model": dict, "train": dict, "data": dict}
+#: the parts of config.json that the verbs of each kind of run read, and their JSON types. A part of the wrong type
+#: is refused in one line instead of failing deep inside a verb; so is a missing one that loading the model needs
+#: (``REQUIRED``: a program that writes its own config.json to load weights may leave the others out).
+SECTIONS = {
+    "language_model": {**_RUN, "vocab": dict, "data.path": str, "data.source": str, "data.description": str,
+                       "train.eval_streams": int},
+    "classifier": {**_RUN, "classes": list, "vocab": (dict, _NULL), "data.spec": dict},
+    "conditional_generator": {**_RUN, "classes": (list, _NULL), "vocab": dict, "data.spec": dict, "data.kind": str},
+    "forecaster": {**_RUN, "data.split": dict, "data.columns": list},
+    "seq2seq": {**_RUN, "src_vocab": dict, "tgt_vocab": dict, "data.spec": dict},
+    "ctc_recognizer": {**_RUN, "data.root": str, "data.limit": (int, _NULL), "data.info": dict},
+}
+#: the commands that take each kind of run
+COMMANDS = {"language_model": "rnnkit sample|eval|serve|export", "classifier": "rnnkit classify",
+            "conditional_generator": "rnnkit generate", "forecaster": "rnnkit forecast",
+            "seq2seq": "rnnkit translate", "ctc_recognizer": "rnnkit recognize"}
+REQUIRED = {kind: ("model", "vocab") if kind == "language_model" else ("model",) for kind in SECTIONS}
+
+
+def _check_sections(config: dict, path: Path) -> None:
+    kind = config.get("kind")
+    for key, types in SECTIONS.get(kind, {}).items():
+        value = config
+        for part in key.split("."):
+            value = value.get(part, KeyError) if isinstance(value, dict) else KeyError
+        if value is KeyError and key not in REQUIRED[kind]:
+            continue
+        if value is KeyError or not isinstance(value, types) or isinstance(value, bool) and types is int:
+            what = "has no" if value is KeyError else "has a damaged"
+            raise CheckpointError(f"{path} {what} {key!r} — the checkpoint is damaged; restore config.json from a "
+                                  "copy or train again")
+
+
 def read_config(run_dir: Path, kind: str | None = None) -> dict:
-    """The run's config.json, checked for presence, syntax, format version and (if given) the model kind."""
+    """The run's config.json, checked for presence, syntax, format version, (if given) the model kind, and the
+    sections its kind's verbs read (``SECTIONS``)."""
     run_dir = Path(run_dir)
     path = run_dir / CONFIG
     if not run_dir.is_dir():
@@ -127,8 +176,10 @@ def read_config(run_dir: Path, kind: str | None = None) -> dict:
         raise CheckpointError(f"{path} is corrupt (not a JSON object) — restore it from a backup or train again")
     _check_version(config.get("format_version"), path)
     if kind is not None and config.get("kind") != kind:
-        raise CheckpointError(f"{run_dir} holds a {config.get('kind')} run, not a {kind} — use the rnnkit command "
-                              f"for {config.get('kind')} runs")
+        verb = COMMANDS.get(config.get("kind"))
+        raise CheckpointError(f"{run_dir} holds a {config.get('kind')} run, not a {kind} — "
+                              + (f"use `{verb}` with it" if verb else "pass a run of that kind"))
+    _check_sections(config, path)
     return config
 
 
@@ -144,6 +195,16 @@ def build_model(config: dict) -> nn.Module:
         raise CheckpointError(f"config.json has an invalid model section ({e}) — the checkpoint is damaged") from None
 
 
+def weights_file(run_dir: Path, weights: str = "best") -> Path:
+    """The file ``--weights`` names: ``best`` is the latest weights until a first validation has kept a best."""
+    return Path(run_dir) / (BEST if weights == "best" and (Path(run_dir) / BEST).exists() else MODEL)
+
+
+def weights_read(run_dir: Path, weights: str = "best") -> str:
+    """``best`` or ``last``: which weights ``--weights`` reads, for the reports that name them."""
+    return "best" if weights_file(run_dir, weights).name == BEST else "last"
+
+
 def load_weights(run_dir: Path, weights: str = "best", device: str | torch.device = "cpu",
                  kind: str | None = None) -> tuple[nn.Module, dict]:
     """``(model in eval mode, config)`` from a run directory; ``weights`` is ``best`` (falls back to last) or
@@ -152,7 +213,7 @@ def load_weights(run_dir: Path, weights: str = "best", device: str | torch.devic
     config = read_config(run_dir, kind)
     if weights not in ("best", "last"):
         raise CheckpointError(f"unknown weights {weights!r} — use 'best' or 'last'")
-    path = run_dir / (BEST if weights == "best" and (run_dir / BEST).exists() else MODEL)
+    path = weights_file(run_dir, weights)
     if not path.exists():
         raise CheckpointError(f"{run_dir} holds no weights yet ({MODEL} is missing) — train first")
     model = build_model(config)

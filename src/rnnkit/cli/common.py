@@ -10,7 +10,9 @@ from pathlib import Path
 def add_load_args(p: argparse.ArgumentParser) -> None:
     """``--weights best|last`` and ``--device`` for verbs that load a run directory."""
     p.add_argument("--weights", choices=("best", "last"), default="best",
-                   help="best validation loss (default) or the latest weights")
+                   help="best: the checkpoint with the best validation figure (loss; accuracy for classifiers, "
+                        "error rate for recognisers), or the latest until a first validation; last: the latest "
+                        "weights (default: best)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
@@ -34,12 +36,15 @@ def stopped(summary: dict, train_command: str, run_dir: Path) -> bool:
 
 
 def start_run(trainer, config: dict, run_dir: Path, resume: bool) -> None:
-    """Resume ``trainer`` when asked, then write ``config.json`` with the training config as it now stands."""
+    """Resume ``trainer`` when asked, then record ``config.json`` with the training config as it now stands: at once
+    for a new run, with the first checkpoint for a resumed one (``LoopTrainer.pending_config``)."""
     from rnnkit.checkpoint import CONFIG, write_json
 
+    config["train"] = trainer.config.to_dict()
     if resume:
         trainer.resume()
-    config["train"] = trainer.config.to_dict()
+        trainer.pending_config = config
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, config)
 
@@ -82,7 +87,21 @@ def new_run_dir(args: argparse.Namespace, prefix: str = "") -> Path:
     if ours and not (run_dir / CONFIG).exists():
         raise ConfigError(f"{run_dir} holds {', '.join(ours)} but no run — a run there would write over them; choose "
                           "a new or empty directory for --out")
+    if (run_dir / CONFIG).exists() and not _an_rnnkit_config(run_dir):
+        raise ConfigError(f"{run_dir} holds a {CONFIG} that is not an rnnkit run's — a run there would write over "
+                          "it; choose a new or empty directory for --out")
     return run_dir
+
+
+def _an_rnnkit_config(run_dir: Path) -> bool:
+    from rnnkit.checkpoint import read_config
+    from rnnkit.errors import CheckpointError
+    from rnnkit.models import MODEL_KINDS
+
+    try:
+        return read_config(run_dir).get("kind") in MODEL_KINDS
+    except CheckpointError:
+        return False
 
 
 def stdin_text() -> str:

@@ -27,7 +27,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_run_args(p, "forecast-")
     p.set_defaults(func=cmd_train, data_flags=add_dataclass_args(p, ForecastDataConfig, "data"),
                    model_flags=add_dataclass_args(p, ForecasterConfig, "model"),
-                   train_flags=add_dataclass_args(p, ForecastTrainConfig, "training"))
+                   train_flags=add_dataclass_args(p, ForecastTrainConfig, "training", {
+                       "epochs": "50, or a named series' own", "batch_size": "32, or a named series' own"}))
 
     p = verbs.add_parser("eval", help="score the held-out forecast against naive, seasonal-naive and ARIMA")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -60,9 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = args.resume
         if args.out is not None and args.out.resolve() != run_dir.resolve():
             raise ConfigError("--resume continues RUN_DIR in place — drop --out or make it the same directory")
-        config = read_config(run_dir)
-        if config.get("kind") != KIND:
-            raise ConfigError(f"{run_dir} is not a forecasting run — resume it with its own command")
+        config = read_config(run_dir, kind=KIND)
         changed = [k for k, v in {**data_flags, **model_flags}.items()
                    if config["model"].get(k, config["data"]["split"].get(k)) != v]
         if changed:
@@ -94,8 +93,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         trainer.resume()
         config["train"] = train_config.to_dict()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, config)
+        trainer.pending_config = config  # written with the first checkpoint: a resume that fails changes nothing
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / CONFIG, config)
 
     c = model.config
     info(f"data: {series.name}, {len(series)} steps x {len(series.columns)} columns; test = last {dc.test_size}, "
@@ -128,11 +129,13 @@ def _check_same_data(series, config: dict) -> None:
 
 # -- eval ----------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import weights_read
     from rnnkit.forecast import ForecastDataConfig, evaluate, load_forecaster, resolve_data
     from rnnkit.train import resolve_device
 
     device = resolve_device(args.device)
     model, config = load_forecaster(args.run_dir, args.weights, device)
+    args.weights = weights_read(args.run_dir, args.weights)  # what was read: best falls back to last
     _, series = resolve_data(ForecastDataConfig(**config["data"]["split"]))
     _check_same_data(series, config)
     result = evaluate(model, config, series, device, plot=args.plot or args.run_dir / "forecast.png")

@@ -121,12 +121,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         trainer.resume()
         config["train"] = train_config.to_dict()
+        trainer.pending_config = config  # written with the first checkpoint: a resume that fails changes nothing
     if not ranks.is_main:  # the other ranks train in step with rank 0 and leave the talking and writing to it
         interrupted = trainer.fit()["interrupted"]
         ranks.close()
         return 130 if interrupted else 0
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, config)
+    if not args.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / CONFIG, config)
 
     info(f"data: {description}; {len(vocab)} distinct characters, {len(train_ids):,} train / "
          f"{len(val_ids):,} validation")
@@ -173,7 +175,7 @@ def _launch(args: argparse.Namespace, train_flags: dict) -> int:
         raise ConfigError(f"--nproc must be >= 1 (got {args.nproc})")
     if distributed.world_size() > 1:
         raise ConfigError("--nproc starts its own processes — drop it when running under torchrun")
-    train = read_config(args.resume)["train"] if args.resume else {}
+    train = read_config(args.resume, kind="language_model").get("train", {}) if args.resume else {}
     batch = train_flags.get("batch_size", train.get("batch_size", TrainConfig.batch_size))
     distributed.check_split(batch, args.nproc, resuming=bool(args.resume))
     out = args.out or (None if args.resume else Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
@@ -226,7 +228,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 # -- eval ----------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rnnkit.checkpoint import load_run
+    from rnnkit.checkpoint import load_run, weights_read
     from rnnkit.data import encode_file, resolve_corpus, split_tokens
     from rnnkit.errors import ConfigError, CorpusError
     from rnnkit.train import DynamicConfig, evaluate, resolve_device
@@ -238,6 +240,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dynamic = DynamicConfig(**given) if args.dynamic else None  # bad settings fail before the model loads
     device = resolve_device(args.device)
     model, vocab, config = load_run(args.run_dir, args.weights, device)
+    args.weights = weights_read(args.run_dir, args.weights)  # what was read: best falls back to last
     trained_on = None
     if args.data is None:
         trained_on = _trained_on(config, "restore it, or name a text with --data to score the model on it")

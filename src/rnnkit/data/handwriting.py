@@ -222,6 +222,8 @@ def _claim(out: Path, spec: dict, sha: str) -> dict | None:
             info = json.loads((out / name).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
+        if not isinstance(info, dict):
+            raise ConfigError(f"{out} holds a damaged {name} — pass a new or empty directory, or delete it")
         if info.get("kind") == KIND and info.get("spec") == spec and info.get("text_sha256") == sha:
             return info if name == "dataset.json" else None
         raise ConfigError(f"{out} already holds a different dataset — pass a new or empty directory, or delete it")

@@ -47,7 +47,12 @@ def read_info(root: str | Path) -> dict:
     if kind not in KINDS:
         raise CorpusError(f"{path} is a {kind!r} dataset, not one for recognition — build one with "
                           "rnnkit data handwriting|speech")
-    return _module(kind).read_dataset(root)
+    info = _module(kind).read_dataset(root)
+    for key, types in (("alphabet", str), ("splits", dict), ("spec", dict)):  # what training and scoring read
+        if not isinstance(info.get(key), types):
+            raise CorpusError(f"{path} has no valid {key!r} — the dataset is damaged; build it again into a new "
+                              "directory")
+    return info
 
 
 def _module(kind: str):

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from rnnkit.checkpoint import (
     BEST,
+    CONFIG,
     MODEL,
     TRAINER_STATE,
     load_model_tensors,
@@ -36,6 +37,7 @@ from rnnkit.checkpoint import (
     model_tensors,
     optimizer_tensors,
     save_tensors,
+    write_json,
 )
 from rnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from rnnkit.metrics import MetricsLog
@@ -125,6 +127,9 @@ class LoopTrainer(ABC):
         self.best_key: list[float] | None = None  # selection_key of the best checkpoint
         self.last_val: float | None = None
         self.last_figures: dict = {}
+        # a resumed run's config.json with its new settings, written with the first checkpoint (``save``): a resume
+        # that fails before one (a divergence, a bad flag) leaves the run's files as they were
+        self.pending_config: dict | None = None
         self._stop = False
         # a GPU queues (step, loss, norm) and reads them once per log interval (see ``optimize``)
         self.defer_checks = self.device.type == "cuda"
@@ -353,6 +358,9 @@ class LoopTrainer(ABC):
         position, position_tensors = self.position()  # first: in a data-parallel run every rank gathers it
         if not self.ranks.is_main:
             return
+        if self.pending_config is not None:
+            write_json(self.run_dir / CONFIG, self.pending_config)
+            self.pending_config = None
         with self.averaged_weights():  # what model/best.safetensors publish; trainer_state keeps the live weights
             weights = model_tensors(self.model)
             if self.average is not None:
