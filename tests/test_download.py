@@ -225,6 +225,17 @@ def test_shakespeare_download_with_changed_content_fails(served_shakespeare):
     assert _leftovers(cache_dir()) == []
 
 
+def test_offline_shakespeare_says_how_to_use_a_local_copy(closed_port_url, monkeypatch):
+    remote = RemoteFile("tinyshakespeare.txt", closed_port_url, SHAKESPEARE_SHA256, datasets.SHAKESPEARE.about)
+    monkeypatch.setitem(datasets.REMOTE, "shakespeare", remote)
+    monkeypatch.delenv("RNNKIT_DATA", raising=False)
+    with pytest.raises(DownloadError) as info:
+        resolve_corpus("shakespeare")
+    message = str(info.value)
+    assert "could not download" in message and "\n" not in message
+    assert message.endswith("or set RNNKIT_DATA to a folder that holds tinyshakespeare.txt")
+
+
 @pytest.mark.parametrize("name", [None, "builtin"])
 def test_builtin_corpus(name):
     import pydoc_data.topics

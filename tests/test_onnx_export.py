@@ -152,6 +152,7 @@ def test_export_verb_and_check(corpus, tmp_path, capsys):
                          "--length", 50)
     assert code == 0, err
     assert "exported" in err and (tmp_path / "lm.onnx").stat().st_size > 1000
+    assert "the state (h_0, c_0)" in err  # the layer-normalised LSTM carries a cell state too
     assert "100-character prompt" in out and "greedy 50 characters: identical" in out
     import onnx
 

@@ -62,6 +62,10 @@ def output_file(*suffixes: str):
     return check
 
 
+#: ``--epochs``' default for the batch-trained verbs that set it only when no other budget is given
+EPOCHS_WITHOUT_BUDGET = "20 when neither --max-steps nor --minutes is given"
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str,
                        defaults: dict[str, str] | None = None) -> list[str]:
     """One ``--kebab-case`` flag per dataclass field (``metadata={"cli": False}`` skips one).
@@ -82,7 +86,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str,
         if args:  # X | None
             kind = next(a for a in args if a is not type(None))
         default = defaults.get(f.name, f.default)
-        help_text = f.metadata.get("help", "") + ("" if default is None else f" (default: {default})")
+        help_text = f.metadata.get("help", "") + ("" if default in (None, "") else f" (default: {default})")
         if f.name == "seed" or f.name.endswith("_seed"):
             kind = seed
         if kind is bool:

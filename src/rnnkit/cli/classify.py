@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rnnkit import __version__
 from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, start_run, stdin_lines, stopped
-from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file, seed
+from rnnkit.cliargs import EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError, CorpusError
 
 KIND = "classifier"
@@ -41,10 +41,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=seed, help="seed of the stratified splits (default: 0)")
     p.add_argument("--init-from", type=Path, metavar="LM_RUN_DIR",
                    help="start the encoder from a character language model trained by `rnnkit train` (needs "
-                        "--tokens char and the same cell, hidden size and embedding size)")
+                        "--tokens char, the same cell, hidden size and embedding size, and at least its layers)")
     add_run_args(p, "classify-")
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, SequenceClassifierConfig, "model"),
-                   train_flags=add_dataclass_args(p, BatchTrainConfig, "training"))
+                   train_flags=add_dataclass_args(p, BatchTrainConfig, "training",
+                                                         {"epochs": EPOCHS_WITHOUT_BUDGET}))
 
     p = verbs.add_parser("eval", help="test accuracy against classical baselines: the majority class, and TF-IDF + "
                                       "logistic regression (text) or MiniRocket + ridge (series)")
@@ -153,11 +154,12 @@ def _init_from(model, vocab, lm_run_dir: Path) -> None:
 
 # -- eval ----------------------------------------------------------------------------------------------------
 def _load(args: argparse.Namespace):
-    from rnnkit.checkpoint import load_weights
+    from rnnkit.checkpoint import load_weights, weights_read
     from rnnkit.data.labeled import TokenVocab
     from rnnkit.train import resolve_device
 
     model, config = load_weights(args.run_dir, args.weights, resolve_device(args.device), kind=KIND)
+    args.weights = weights_read(args.run_dir, args.weights)  # what was read: best falls back to last
     vocab = TokenVocab.from_dict(config["vocab"]) if config.get("vocab") else None
     return model, vocab, config
 

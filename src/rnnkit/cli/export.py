@@ -25,7 +25,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                     "corpus)")
     p.add_argument("--length", type=int, default=200, help="greedy tokens --check compares (default: 200)")
     p.add_argument("--weights", choices=("best", "last"), default="best",
-                   help="best validation loss (default) or the latest weights")
+                   help="best: the checkpoint with the lowest validation loss, or the latest until a first "
+                        "validation; last: the latest weights (default: best)")
     p.set_defaults(func=cmd_export)
 
 
@@ -41,9 +42,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     prompt = _check_prompt(args, vocab, config) if args.check else None  # a bad prompt fails before the export
     path = export_onnx(model, config, args.onnx)
     m = model.config
+    state = "h_0, c_0" if isinstance(model.init_state(1), tuple) else "h_0"
     info(f"exported {args.run_dir} ({m.num_layers}x{m.hidden_size} {m.cell.upper()}, {model.num_parameters():,} "
          f"parameters) to {path} ({path.stat().st_size / 1e6:.2f} MB); inputs tokens (B, T) and the state "
-         f"({'h_0, c_0' if m.cell == 'lstm' else 'h_0'}), outputs logits (B, T, {len(vocab)}) and the next state")
+         f"({state}), outputs logits (B, T, {len(vocab)}) and the next state")
     if prompt is None:
         return 0
     r = check_language_model(model, path, vocab.encode(prompt).tolist(), args.length)

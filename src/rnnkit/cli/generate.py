@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rnnkit import __version__
 from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
-from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file, seed
+from rnnkit.cliargs import EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError
 
 KIND = "conditional_generator"
@@ -38,7 +38,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, metavar="N", help="bach-chorales: the first N chorales only (a quick try)")
     add_run_args(p, "generate-")
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, ConditionalGeneratorConfig, "model"),
-                   train_flags=add_dataclass_args(p, BatchTrainConfig, "training"))
+                   train_flags=add_dataclass_args(p, BatchTrainConfig, "training",
+                                                         {"epochs": EPOCHS_WITHOUT_BUDGET}))
 
     p = verbs.add_parser("sample", help="generate sequences for a condition")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -47,8 +48,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default="",
                    help="the start of every sample: characters, or space-separated tokens for music")
     p.add_argument("--opening", metavar="CHORALE",
-                   help="music: start from the opening bar of this chorale (a name from `eval`, or 'test' for the "
-                        "first held-out one)")
+                   help="music: start from the opening bar of this held-out chorale ('test' for the first one; "
+                        "a name the error lists)")
     p.add_argument("--num-samples", type=int, default=5, help="samples to draw (default: 5)")
     p.add_argument("--max-length", type=int, help="new tokens at most (default: 40 text, 12 digits, 400 music)")
     p.add_argument("--temperature", type=float, help="0 = greedy; higher = more varied (default: 0.8)")
@@ -137,11 +138,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- shared --------------------------------------------------------------------------------------------------
 def _load(args: argparse.Namespace, splits: bool = False):
-    from rnnkit.checkpoint import load_weights
+    from rnnkit.checkpoint import load_weights, weights_read
     from rnnkit.data.conditional import GenerationSpec, SequenceVocab, load_generation
     from rnnkit.train import resolve_device
 
     model, config = load_weights(args.run_dir, args.weights, resolve_device(args.device), kind=KIND)
+    args.weights = weights_read(args.run_dir, args.weights)  # what was read: best falls back to last
     vocab = SequenceVocab.from_dict(config["vocab"])
     data = None
     if splits:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rnnkit import __version__
 from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
-from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file
+from rnnkit.cliargs import EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError
 
 KIND = "ctc_recognizer"
@@ -37,7 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "continuing a run whose optimizer state is gone")
     add_run_args(p, "recognize-")
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, CTCRecognizerConfig, "model"),
-                   train_flags=add_dataclass_args(p, RecognitionTrainConfig, "training"))
+                   train_flags=add_dataclass_args(p, RecognitionTrainConfig, "training",
+                                                         {"epochs": EPOCHS_WITHOUT_BUDGET}))
 
     p = verbs.add_parser("predict", help="transcribe images (handwriting) or WAV files (speech)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -245,6 +246,9 @@ def _language_model(args: argparse.Namespace, root, alphabet, device, tuning: bo
     else:
         train_text += transcripts(root, "train") if args.lm_text else []
         val_text = transcripts(root, "val")
+    chars = sum(len(t) for t in train_text)
+    info(f"fitting a {args.lm_order}-gram character model on {len(train_text):,} sentences ({chars:,} characters)"
+         + (f" of {args.lm_text}: minutes for a large corpus" if args.lm_text else ""))
     return char_lm(train_text, val_text, alphabet, args.lm_order)
 
 

@@ -47,7 +47,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, help="training pairs with a longer side are dropped (default: 60)")
     add_run_args(p, "translate-")
     p.set_defaults(func=cmd_train, model_flags=add_dataclass_args(p, Seq2SeqConfig, "model"),
-                   train_flags=add_dataclass_args(p, BatchTrainConfig, "training"))
+                   train_flags=add_dataclass_args(p, BatchTrainConfig, "training", {
+                       "batch_size": 64, "epochs": "10 when neither --max-steps nor --minutes is given"}))
 
     p = verbs.add_parser("translate", help="translate sentences (arguments or stdin lines)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -127,11 +128,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- shared --------------------------------------------------------------------------------------------------
 def _load(args: argparse.Namespace):
-    from rnnkit.checkpoint import load_weights
+    from rnnkit.checkpoint import load_weights, weights_read
     from rnnkit.data.translation import Tokenizer
     from rnnkit.train import resolve_device
 
     model, config = load_weights(args.run_dir, args.weights, resolve_device(args.device), kind=KIND)
+    args.weights = weights_read(args.run_dir, args.weights)  # what was read: best falls back to last
     return model, Tokenizer.from_dict(config["src_vocab"]), Tokenizer.from_dict(config["tgt_vocab"]), config
 
 

@@ -107,7 +107,10 @@ def resolve_corpus(data: str | None) -> tuple[Path, str]:
         local = Path(os.environ.get("RNNKIT_DATA", "")) / remote.filename
         if os.environ.get("RNNKIT_DATA") and local.exists():
             return local, f"{remote.about}, from {local}"
-        return download(remote, cache_dir()), f"{remote.about}, cached in {cache_dir()}"
+        try:
+            return download(remote, cache_dir()), f"{remote.about}, cached in {cache_dir()}"
+        except DownloadError as e:
+            raise DownloadError(f"{e}, or set RNNKIT_DATA to a folder that holds {remote.filename}") from None
     path = Path(data)
     if not path.exists():
         raise CorpusError(

@@ -44,6 +44,7 @@ class ForecasterConfig(EncoderConfig):
     bidirectional: bool = field(default=False, metadata={"help": "read each window both ways (direct mode only)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout between layers and before the head"})
     embedding_size: int = field(default=64, metadata={"cli": False})  # no token inputs
+    token_dropout: float = field(default=0.0, metadata={"cli": False})
     horizon: int = field(default=1, metadata={"cli": False})
     mode: str = field(default="direct", metadata={"help": f"multi-step strategy: {', '.join(MODES)}"})
     season: int = field(default=1, metadata={

@@ -34,7 +34,7 @@ class BatchTrainConfig(LoopConfig):
     precision: str = field(default="fp32", metadata={
         "help": "fp32, or bf16 (autocast: bfloat16 matrix products in training and validation)"})
     epochs: float | None = field(default=None, metadata={
-        "help": "passes over the training examples (sets --max-steps; default 20 when no budget is given)"})
+        "help": "passes over the training examples (sets --max-steps)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
