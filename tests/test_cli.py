@@ -246,7 +246,8 @@ def test_a_run_that_wrote_no_checkpoint_can_be_started_again(small_corpus, tmp_p
     run into the same directory starts afresh instead of refusing (nothing to lose) or appending to stale rows."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / CONFIG).write_text("{}")
+    stopped = {"format_version": FORMAT_VERSION, "kind": "language_model", "model": {}, "vocab": {}}  # its start
+    (run_dir / CONFIG).write_text(json.dumps(stopped))
     (run_dir / "metrics.csv").write_text("step,tokens\n999,1\n")
     code, _, err = run(capsys, "train", "--data", small_corpus, "--max-steps", 5, "--out", run_dir, *SMALL)
     assert code == 0, err

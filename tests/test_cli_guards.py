@@ -128,7 +128,8 @@ def test_training_into_a_directory_of_other_files_is_refused(verb, small_corpus,
     assert tree(mine) == before
 
 
-@pytest.mark.parametrize("config", ['{"my": "settings"}', "[1, 2]", "not json"])
+@pytest.mark.parametrize("config", ['{"my": "settings"}', "[1, 2]", "not json",
+                                    '{"format_version": 1, "kind": ["language_model"], "model": {}}'])
 def test_training_into_a_directory_with_someone_elses_config_is_refused(config, small_corpus, tmp_path, capsys):
     mine = tmp_path / "mine"
     mine.mkdir()
@@ -136,7 +137,8 @@ def test_training_into_a_directory_with_someone_elses_config_is_refused(config, 
     (mine / "metrics.csv").write_text("my own numbers\n")
     before = tree(mine)
     code, _, err = run(capsys, "train", "--data", small_corpus, "--out", mine, "--max-steps", 1, *SMALL)
-    assert_user_error(code, err, str(mine), "config.json that is not an rnnkit run's", "new or empty directory")
+    assert_user_error(code, err, str(mine), "config.json that is not a run this rnnkit can take over",
+                      "new or empty directory")
     assert tree(mine) == before
 
 
@@ -147,6 +149,7 @@ def test_training_into_a_directory_with_someone_elses_config_is_refused(config, 
     (lambda c: c["data"].update(path=None), ["eval", "{run}"], "data.path"),
     (lambda c: c["train"].update(eval_streams="8"), ["eval", "{run}"], "train.eval_streams"),
     (lambda c: c.pop("model"), ["sample", "{run}"], "model"),
+    (lambda c: c.update(kind=["language_model"]), ["sample", "{run}"], "names no model kind"),
 ])
 def test_a_config_json_with_a_damaged_part_is_one_line(lm_run, tmp_path, capsys, damage, argv, key):
     run_dir = tmp_path / "damaged"
@@ -156,7 +159,7 @@ def test_a_config_json_with_a_damaged_part_is_one_line(lm_run, tmp_path, capsys,
     (run_dir / CONFIG).write_text(json.dumps(config))
     before = tree(run_dir)
     code, _, err = run(capsys, *(run_dir if a == "{run}" else a for a in argv))
-    assert_user_error(code, err, f"'{key}'", "the checkpoint is damaged")
+    assert_user_error(code, err, key if " " in key else f"'{key}'", "the checkpoint is damaged")
     assert tree(run_dir) == before
 
 

@@ -91,7 +91,7 @@ def test_eval_of_a_missing_run(tmp_path, capsys):
 def test_resume_a_language_model_run_is_refused(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps({"format_version": 1, "kind": "language_model"}))
     code, _, err = run(capsys, "forecast", "train", "--resume", tmp_path, "--quiet")
-    assert code == 2 and "holds a language_model run, not a forecaster — use `rnnkit sample|eval|serve|export`" in err
+    assert code == 2 and "holds a language_model run, not a forecaster — use `rnnkit train --resume|sample" in err
     code, _, err = run(capsys, "forecast", "eval", tmp_path)
     assert code == 2 and "not a forecaster" in err
 

@@ -242,7 +242,8 @@ def test_saturated_gates_stay_finite(gain):
     gains reach it). At a gain of 300 the gradients stay finite, but the kernel's are not as close to float64 as
     autograd's fp32 ones: where fp64 puts an entry at 1e-16 the kernel gives 1e-7, a share of 1e-2 of the small
     gradients left (0.42 for ln_c.weight's, of norm 5e-6, against 1e-5 for autograd; stop 33, after passing under
-    1e-3 before), so there only finiteness and the outputs are checked."""
+    1e-3 before; not a matter of the thread count or the vector extensions), so there a gradient that is not within
+    1e-3 of its own size must be within 1e-5 of the largest gradient's."""
     cell, x, h0, c0, weights = problem(B=3, T=6, C=6, H=16)
     with torch.no_grad():
         cell.ln_ih.weight.fill_(gain)
@@ -251,8 +252,10 @@ def test_saturated_gates_stay_finite(gain):
     (got, got_grads) = run(lambda c, x, s: c.scan(x, s), cell, x, h0, c0, weights)
     for w, g in zip(want, got, strict=True):
         assert torch.isfinite(g).all()
-        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+        tolerance = 1e-5 if gain <= 50 else 1e-4  # one output of 288 was 1.2e-5 off at gain 300
+        torch.testing.assert_close(g, w, rtol=tolerance, atol=tolerance)
+    scale = max(w.norm() for w in want_grads.values())
     for name, w in want_grads.items():
         assert torch.isfinite(got_grads[name]).all(), name
-        if gain <= 50:
-            assert relative(got_grads[name], w) < 1e-3, name  # large gains magnify rounding
+        close = relative(got_grads[name], w) < 1e-3  # large gains magnify rounding
+        assert close or gain > 50 and (got_grads[name] - w).norm() < 1e-5 * scale, name

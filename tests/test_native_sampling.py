@@ -178,7 +178,7 @@ def test_filter_matches_filter_logits(temperature, top_k, top_p):
         torch.testing.assert_close(c_filter(logits, temperature, top_k, top_p), theirs, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-40, 1e-45])
+@pytest.mark.parametrize("temperature", [1e-30, 1e-38, 1e-40, 1e-45, 1e-50, 5e-324])
 def test_tiny_temperatures_are_greedy_not_infinite(temperature):
     """logits / a tiny temperature overflow, and the kernel is built assuming no infinities: all of the mass goes
     to the most likely token, wherever it is and whatever the filters, on the kernel and on torch's path."""
@@ -197,6 +197,9 @@ def test_tiny_temperatures_are_greedy_not_infinite(temperature):
     sampled = kernels.generate(tokens, kernels.state(state), torch.rand(5, 4, generator=g), temperature, None, None)
     greedy = kernels.generate(tokens, kernels.state(state), torch.rand(5, 4, generator=g), 0.0, None, None)
     assert torch.equal(sampled, greedy)
+    for native_path in (True, False):  # generate's first token is drawn by next_token on either path
+        assert torch.equal(generate(model, [3, 1], 12, temperature=temperature, native=native_path, seed=1),
+                           generate(model, [3, 1], 12, temperature=0.0, native=native_path))
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.6, None, None), (1.0, 4, None),

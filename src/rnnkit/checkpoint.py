@@ -41,7 +41,7 @@ def _temporary_beside(path: Path) -> tuple[int, str]:
     while True:
         tmp = str(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"))
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
         except FileExistsError:
             continue
         except OSError as e:  # a read-only or missing directory: name the file the user asked for
@@ -137,9 +137,9 @@ SECTIONS = {
     "ctc_recognizer": {**_RUN, "data.root": str, "data.limit": (int, _NULL), "data.info": dict},
 }
 #: the commands that take each kind of run
-COMMANDS = {"language_model": "rnnkit sample|eval|serve|export", "classifier": "rnnkit classify",
-            "conditional_generator": "rnnkit generate", "forecaster": "rnnkit forecast",
-            "seq2seq": "rnnkit translate", "ctc_recognizer": "rnnkit recognize"}
+COMMANDS = {"language_model": "rnnkit train --resume|sample|eval|serve|visualize|export",
+            "classifier": "rnnkit classify", "conditional_generator": "rnnkit generate",
+            "forecaster": "rnnkit forecast", "seq2seq": "rnnkit translate", "ctc_recognizer": "rnnkit recognize"}
 REQUIRED = {kind: ("model", "vocab") if kind == "language_model" else ("model",) for kind in SECTIONS}
 
 
@@ -175,6 +175,9 @@ def read_config(run_dir: Path, kind: str | None = None) -> dict:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} is corrupt (not a JSON object) — restore it from a backup or train again")
     _check_version(config.get("format_version"), path)
+    if not isinstance(config.get("kind"), str):
+        raise CheckpointError(f"{path} names no model kind — the checkpoint is damaged; restore config.json from a "
+                              "copy or train again")
     if kind is not None and config.get("kind") != kind:
         verb = COMMANDS.get(config.get("kind"))
         raise CheckpointError(f"{run_dir} holds a {config.get('kind')} run, not a {kind} — "

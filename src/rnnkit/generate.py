@@ -56,8 +56,10 @@ def next_token(logits: Tensor, temperature: float, top_k: int | None, top_p: flo
     if temperature == 0:
         return logits.argmax(-1)
     wide = logits.float()
-    # the shift first: logits / a tiny temperature overflow to inf, and the softmax of inf is NaN
-    probs = filter_logits((wide - wide.amax(-1, keepdim=True)) / temperature, top_k, top_p).softmax(-1)
+    # the shift first: logits / a tiny temperature overflow to inf, and the softmax of inf is NaN; and at least
+    # 1e-30 (as the kernels take it), which fp32 holds: below 1e-45 it is 0, and the top logit's 0 / 0 is NaN
+    z = (wide - wide.amax(-1, keepdim=True)) / max(temperature, 1e-30)
+    probs = filter_logits(z, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -87,21 +87,23 @@ def new_run_dir(args: argparse.Namespace, prefix: str = "") -> Path:
     if ours and not (run_dir / CONFIG).exists():
         raise ConfigError(f"{run_dir} holds {', '.join(ours)} but no run — a run there would write over them; choose "
                           "a new or empty directory for --out")
-    if (run_dir / CONFIG).exists() and not _an_rnnkit_config(run_dir):
-        raise ConfigError(f"{run_dir} holds a {CONFIG} that is not an rnnkit run's — a run there would write over "
-                          "it; choose a new or empty directory for --out")
+    if (run_dir / CONFIG).exists() and (why := _not_a_run(run_dir)):
+        raise ConfigError(f"{run_dir} holds a {CONFIG} that is not a run this rnnkit can take over ({why}) — a run "
+                          "there would write over it; choose a new or empty directory for --out")
     return run_dir
 
 
-def _an_rnnkit_config(run_dir: Path) -> bool:
+def _not_a_run(run_dir: Path) -> str | None:
+    """Why ``run_dir/config.json`` is not a run of this rnnkit that stopped before its first checkpoint, or None."""
     from rnnkit.checkpoint import read_config
     from rnnkit.errors import CheckpointError
     from rnnkit.models import MODEL_KINDS
 
     try:
-        return read_config(run_dir).get("kind") in MODEL_KINDS
-    except CheckpointError:
-        return False
+        kind = read_config(run_dir)["kind"]
+    except CheckpointError as e:
+        return str(e).split(" — ")[0].replace(f"{run_dir / 'config.json'} ", "")
+    return None if kind in MODEL_KINDS else f"an unknown model kind {kind!r}"
 
 
 def stdin_text() -> str:
