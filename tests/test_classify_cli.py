@@ -200,6 +200,12 @@ def test_series_train_eval_predict(series_run, capsys, tmp_path):
     assert_user_error(code, err, "features per step")
     code, _, err = run(capsys, "classify", "predict", series_run, "hello")
     assert_user_error(code, err, "numeric series", "--file")
+    header_only = tmp_path / "header.ts"
+    header_only.write_text("".join(ln for ln in ts.read_text().splitlines(keepends=True) if ln.startswith("@")))
+    code, _, err = run(capsys, "classify", "predict", series_run, "--file", header_only)
+    assert_user_error(code, err, "holds no series")
+    code, _, err = run(capsys, "classify", "predict", series_run, "--file", tmp_path)
+    assert_user_error(code, err, f"{tmp_path} is a directory")
 
 
 @pytest.mark.parametrize("flags, fragment", [

@@ -163,6 +163,28 @@ def test_a_config_json_with_a_damaged_part_is_one_line(lm_run, tmp_path, capsys,
     assert tree(run_dir) == before
 
 
+def test_resume_messages_point_somewhere_that_works(lm_run, small_corpus, tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--resume", lm_run, "--batch-size", 8, "--max-steps", 20)
+    assert_user_error(code, err, "resume without changing --batch-size")
+    assert "damaged" not in err  # the checkpoint is fine
+    bare = tmp_path / "bare"
+    shutil.copytree(lm_run, bare)
+    (bare / "trainer_state.safetensors").unlink()
+    code, _, err = run(capsys, "train", "--resume", bare, "--max-steps", 20)
+    assert_user_error(code, err, "no trainer_state.safetensors", "start a new run with another --out")
+    code, _, err = run(capsys, "train", "--data", small_corpus, "--out", tmp_path / "early", "--lr", 1e30,
+                       "--max-steps", 5, "--sample-length", 0, *SMALL)  # diverges before its first checkpoint
+    assert code == 2 and err.splitlines()[-1].endswith("no checkpoint had been written yet — lower --lr or "
+                                                       "--grad-clip and train again")
+
+
+def test_a_directory_given_for_a_file_is_named_as_one(tmp_path, capsys):
+    code, _, err = run(capsys, "translate", "train", "--data", tmp_path, "--out", tmp_path / "r")
+    assert_user_error(code, err, "is a directory without spa.txt")
+    code, _, err = run(capsys, "data", "handwriting", tmp_path / "hw", "--text", tmp_path)
+    assert_user_error(code, err, f"{tmp_path} is a directory")
+
+
 def test_a_resume_that_fails_leaves_config_json_as_it_was(lm_run, capsys):
     """Its new settings are written with its first checkpoint: here it diverges first, so a plain --resume later
     does not inherit the learning rate that made it diverge."""

@@ -224,6 +224,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             raise ConfigError("this run classifies numeric series — pass --file SERIES.ts")
         series, _ = load_ts_file(args.file, labels=False)
         names = [f"{args.file}#{i}" for i in range(len(series))]
+        if not names:
+            raise CorpusError(f"{args.file} holds no series — pass a UEA/UCR .ts file with at least one")
     else:
         if args.file is not None:
             raise ConfigError("this run classifies text — pass texts as arguments or on stdin, not --file")

@@ -83,7 +83,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def _text(args: argparse.Namespace) -> Path:
     text = args.text or Path(DEFAULT_TEXT)
     if not text.is_file():
-        raise ConfigError(f"{text} not found — pass --text PATH, a UTF-8 file with one sentence per line")
+        what = "is a directory" if text.is_dir() else "not found"
+        raise ConfigError(f"{text} {what} — pass --text PATH, a UTF-8 file with one sentence per line")
     return text
 
 

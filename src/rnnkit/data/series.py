@@ -60,7 +60,8 @@ def load_ts_file(path: str | Path, labels: bool = True) -> tuple[list[np.ndarray
     ``labels=False`` reads unlabelled series (labels None)."""
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"{path} does not exist — pass a UEA/UCR .ts file")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise CorpusError(f"{path} {what} — pass a UEA/UCR .ts file")
     datasets = _aeon_datasets()
     try:
         loaded = datasets.load_from_ts_file(str(path))

@@ -279,7 +279,8 @@ class TranslationSpec:
         path = Path(self.path).expanduser()
         path = path / "spa.txt" if (path / "spa.txt").is_file() else path
         if not path.is_file():
-            raise CorpusError(f"{path} not found — pass a file of English<TAB>Spanish lines, e.g. spa.txt from "
+            what = "is a directory without spa.txt" if path.is_dir() else "not found"
+            raise CorpusError(f"{path} {what} — pass a file of English<TAB>Spanish lines, e.g. spa.txt from "
                               "https://www.manythings.org/anki/spa-eng.zip")
         self.path = str(path.resolve())
 

@@ -104,7 +104,8 @@ class SequenceForecaster(nn.Module):
         if not self.config.log:
             return v
         if bool((v <= 0).any()):
-            raise CorpusError("the model takes the log of the target, which must be positive — train without --log")
+            raise CorpusError("the model takes the log of the target, which must be positive — pass a positive "
+                              "series, or train a run without --log for this one")
         return torch.log(v)
 
     def untransform_target(self, z: Tensor) -> Tensor:
@@ -145,7 +146,8 @@ class SequenceForecaster(nn.Module):
         if lengths is None:
             lengths = torch.full((B,), T, dtype=torch.long)
         if int(lengths.min()) < m:
-            raise ConfigError(f"every window needs at least season={m} steps (got {int(lengths.min())})")
+            raise ConfigError(f"every window needs at least season={m} steps (got {int(lengths.min())}) — pass "
+                              f"--lookback {m} or more, or a shorter --season")
         valid = _valid(lengths, T, x.device)[..., None]  # (B, T, 1)
         x = torch.where(valid > 0, x, torch.ones_like(x))  # padding may hold anything; 1 is safe for the log
         z = (torch.cat([self.transform_target(x[..., :1]), x[..., 1:]], -1) - self.input_mean) / self.input_std

@@ -39,7 +39,7 @@ from rnnkit.checkpoint import (
     save_tensors,
     write_json,
 )
-from rnnkit.errors import CheckpointError, ConfigError, TrainingDiverged
+from rnnkit.errors import CheckpointError, ConfigError, RnnkitError, TrainingDiverged
 from rnnkit.metrics import MetricsLog
 from rnnkit.train.averaging import WeightAverage
 from rnnkit.train.device import resolve_device
@@ -226,12 +226,11 @@ class LoopTrainer(ABC):
                 raise self._diverged(f"the gradient norm became {norm.item()}", step)
 
     def _diverged(self, what: str, step: int) -> TrainingDiverged:
-        kept = f"the last good checkpoint in {self.run_dir} is untouched" if (self.run_dir / MODEL).exists() else (
-            "no checkpoint had been written yet"
-        )
-        return TrainingDiverged(
-            f"{what} at step {step}; {kept} — lower --lr or --grad-clip and resume or train again"
-        )
+        if (self.run_dir / TRAINER_STATE).exists():
+            return TrainingDiverged(f"{what} at step {step}; the last good checkpoint in {self.run_dir} is untouched "
+                                    "— lower --lr or --grad-clip and resume or train again")
+        return TrainingDiverged(f"{what} at step {step}; no checkpoint had been written yet — lower --lr or "
+                                "--grad-clip and train again")
 
     # -- the loop --------------------------------------------------------------------------------------------
     def fit(self, until_step: int | None = None) -> dict:
@@ -388,7 +387,8 @@ class LoopTrainer(ABC):
         """Restore everything ``save`` wrote, so training continues exactly where it stopped."""
         path = self.run_dir / TRAINER_STATE
         if not path.exists():
-            raise CheckpointError(f"{self.run_dir} has no {TRAINER_STATE} to resume from — train without --resume")
+            raise CheckpointError(f"{self.run_dir} has no {TRAINER_STATE} to resume from (the optimizer and the data "
+                                  "position) — start a new run with another --out")
         tensors, meta = load_tensors(path)
         try:
             load_model_tensors(self.model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
@@ -404,5 +404,7 @@ class LoopTrainer(ABC):
             self.best_key = meta.get("best_key", None if meta["best_val"] is None else [meta["best_val"]])
             self.last_val, self.last_figures = meta["last_val"], meta.get("last_figures") or {}
             self.restore_position(meta, tensors)
+        except RnnkitError:
+            raise  # a flag that does not fit the run (--batch-size): the checkpoint is fine
         except (KeyError, ValueError, IndexError, RuntimeError) as e:
             raise CheckpointError(f"{path} is incomplete ({e}) — the checkpoint is damaged") from None
