@@ -181,6 +181,11 @@ def test_cli_writes_csv_png_and_a_json_last_line(name, csv_name, keys, capsys, t
     assert [int(r["step"]) for r in rows] == [3, 6]
     assert (out_dir / csv_name.replace(".csv", ".png")).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "step 6" in err  # progress on stderr
+    before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
+    code = main("experiment", name, "--cell", "lstm", "--T", 6, "--max-steps", 2, "--out", out_dir)  # again
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and f"already holds {csv_name}" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
 
 
 def test_cli_adding_columns(capsys, tmp_path):

@@ -4,7 +4,8 @@
     rnnkit experiment copy --cell gru --T 100         # copy memory: cross-entropy vs the memoryless line
     rnnkit experiment gradient-flow                   # ‖∂L/∂h_t‖ against t; exploding gradients and clipping
 
-Each writes a CSV and a PNG into ``--out`` (default ``runs/experiment-NAME``), prints progress on stderr, and
+Each writes a CSV and a PNG into ``--out`` (default ``runs/experiment-NAME-<date-time>``; never over an earlier
+run's), prints progress on stderr, and
 prints one JSON object with its final figures as the last line of stdout.
 """
 
@@ -38,7 +39,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> argparse.ArgumentPars
         p = sub.add_parser(name, help=summary, description=module_doc.split("\n\n")[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--out", type=Path, metavar="DIR",
-                       help=f"directory for the CSV and PNG (default: runs/experiment-{name})")
+                       help=f"directory for the CSV and PNG, which must not hold an earlier run's (default: "
+                            f"runs/experiment-{name}-<date-time>)")
         flags = add_dataclass_args(p, config_class, "experiment")
         p.set_defaults(func=run_experiment, config_class=config_class, runner=runner, config_flags=flags)
     return parser

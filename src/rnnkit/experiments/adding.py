@@ -94,7 +94,7 @@ def _score(model: nn.Module, x: Tensor, y: Tensor) -> dict:
 def run_adding(config: AddingConfig, out: Path | str | None = None, log=info) -> dict:
     """Train ``config.cell`` on the adding problem; write ``adding.csv`` and ``adding.png``; return the figures."""
     device = setup(config)
-    out = prepare_out(out, "adding")
+    out = prepare_out(out, "adding", ("adding.csv", "adding.png"))
     model = AddingRegressor(config.cell, config.hidden_size, forget_bias=config.forget_bias, T=config.T).to(device)
     test_x, test_y = adding_batch(config.test_size, config.T, torch.Generator().manual_seed(TEST_SEED))
     test_x, test_y = test_x.to(device), test_y.to(device)

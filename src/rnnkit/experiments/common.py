@@ -111,10 +111,16 @@ def info(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def prepare_out(out: Path | str | None, name: str) -> Path:
-    out = Path(out) if out is not None else Path("runs") / f"experiment-{name}"
+def prepare_out(out: Path | str | None, name: str, files: tuple[str, ...]) -> Path:
+    """``--out``, or ``runs/experiment-<name>-<date-time>``, made; refused when it already holds one of ``files``
+    (an earlier run's results, which this one would write over) or is a file."""
+    out = Path(out) if out is not None else Path("runs") / time.strftime(f"experiment-{name}-%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file — choose a directory for --out")
+    taken = [f for f in files if (out / f).exists()]
+    if taken:
+        raise ConfigError(f"{out} already holds {', '.join(taken)} from an earlier run — choose another --out, or "
+                          "move them away")
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -101,7 +101,7 @@ def _score(model: nn.Module, x: Tensor, y: Tensor) -> dict:
 def run_copy(config: CopyConfig, out: Path | str | None = None, log=info) -> dict:
     """Train ``config.cell`` on the copy task; write ``copy.csv`` and ``copy.png``; return the final figures."""
     device = setup(config)
-    out = prepare_out(out, "copy")
+    out = prepare_out(out, "copy", ("copy.csv", "copy.png"))
     model = CopyTagger(config.cell, config.hidden_size, config.forget_bias, config.T).to(device)
     test_x, test_y = (t.to(device) for t in copy_batch(config.test_size, config.T,
                                                       torch.Generator().manual_seed(TEST_SEED)))

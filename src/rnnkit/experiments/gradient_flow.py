@@ -244,7 +244,8 @@ def _plot_exploding(table: list[dict], config: GradientFlowConfig, path: Path) -
 def run_gradient_flow(config: GradientFlowConfig, out: Path | str | None = None, log=info) -> dict:
     """Both parts; writes gradient_flow.csv/png and exploding.csv/png; returns the summary figures."""
     device = setup(config)
-    out = prepare_out(out, "gradient-flow")
+    out = prepare_out(out, "gradient-flow", ("gradient_flow.csv", "gradient_flow.png", "exploding.csv",
+                                             "exploding.png"))
     table, ratios, test_mse = vanishing(config, device, log)
     write_csv(table, out / "gradient_flow.csv")
     _plot_vanishing(table, test_mse, config, out / "gradient_flow.png")
