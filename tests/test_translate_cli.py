@@ -261,6 +261,9 @@ def test_translate_and_eval_errors(run_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n  \n\r\n"))
     code, _, err = run(capsys, "translate", "translate", run_dir)
     assert_user_error(code, err, "nothing to translate")
+    code, out, err = run(capsys, "translate", "translate", run_dir, "Hola.", "  ")
+    assert_user_error(code, err, "sentence 2 is empty")
+    assert out == ""
     code, _, err = run(capsys, "translate", "translate", run_dir, "Hola.", "--weights", "middle")
     assert code == 2 and "invalid choice" in err
 

@@ -160,6 +160,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     sentences = args.inputs or stdin_lines()
     if not sentences:
         raise ConfigError("nothing to translate — pass Spanish sentences as arguments or lines on stdin")
+    blank = [i for i, s in enumerate(sentences, 1) if not s.strip()]
+    if blank:
+        raise ConfigError(f"sentence {blank[0]} is empty — pass Spanish text (a model would still write "
+                          "something for it)")
     ids = [src.encode(s) for s in sentences]
     outputs = _decode_all(model, ids, args.beam, args.alpha)
     for sentence, out in zip(sentences, outputs, strict=True):
