@@ -60,10 +60,13 @@ static inline float sigmoid(float x) {
     return 1.0f / (1.0f + expf(-x));
 }
 
-/* tanh through expf, which the compiler vectorises; tanh(20) is 1 in float */
+/* tanh through expf, which the compiler vectorises; tanh(20) is 1 in float. Computed for |x| and given x's sign:
+ * 1 - 2 / (1 + e^2x) for a negative x is 1 - (a number near 2), which holds -1 + tanh's distance to it only to
+ * 2.4e-7, four times coarser than floats near -1 can, and 1 - t^2 (the backward pass's) then loses all of it
+ * where the gate saturates (a gradient 1e-2 off fp64, against 1e-5 for autograd's, at layer-norm gains of 300). */
 static inline float tanh_(float x) {
-    x = fminf(fmaxf(x, -20.0f), 20.0f);
-    return 1.0f - 2.0f / (1.0f + expf(2.0f * x));
+    const float a = fminf(fabsf(x), 20.0f);
+    return copysignf(1.0f - 2.0f / (1.0f + expf(2.0f * a)), x);
 }
 
 /* x (n) -> its normalised values in out, returns rstd */
