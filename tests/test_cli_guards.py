@@ -149,6 +149,8 @@ def test_training_into_a_directory_with_someone_elses_config_is_refused(config, 
     (lambda c: c["data"].update(path=None), ["eval", "{run}"], "data.path"),
     (lambda c: c["train"].update(eval_streams="8"), ["eval", "{run}"], "train.eval_streams"),
     (lambda c: c.pop("model"), ["sample", "{run}"], "model"),
+    (lambda c: c.pop("train"), ["eval", "{run}"], "train"),  # missing, in a run the command line wrote
+    (lambda c: c["data"].pop("path"), ["eval", "{run}"], "data.path"),
     (lambda c: c.update(kind=["language_model"]), ["sample", "{run}"], "names no model kind"),
 ])
 def test_a_config_json_with_a_damaged_part_is_one_line(lm_run, tmp_path, capsys, damage, argv, key):

@@ -125,8 +125,9 @@ def write_json(path: Path, obj: dict) -> None:
 _NULL = type(None)
 _RUN = {"model": dict, "train": dict, "data": dict}
 #: the parts of config.json that the verbs of each kind of run read, and their JSON types. A part of the wrong type
-#: is refused in one line instead of failing deep inside a verb; so is a missing one that loading the model needs
-#: (``REQUIRED``: a program that writes its own config.json to load weights may leave the others out).
+#: is refused in one line instead of failing deep inside a verb; so is a missing one, in a run the command line
+#: wrote (it records ``rnnkit_version``), and elsewhere one that loading the model needs (``REQUIRED``: a program
+#: that writes its own config.json to load weights may leave the others out).
 SECTIONS = {
     "language_model": {**_RUN, "vocab": dict, "data.path": str, "data.source": str, "data.description": str,
                        "train.eval_streams": int},
@@ -145,11 +146,13 @@ REQUIRED = {kind: ("model", "vocab") if kind == "language_model" else ("model",)
 
 def _check_sections(config: dict, path: Path) -> None:
     kind = config.get("kind")
-    for key, types in SECTIONS.get(kind, {}).items():
+    sections = SECTIONS.get(kind, {})
+    required = sections if "rnnkit_version" in config else REQUIRED.get(kind, ())
+    for key, types in sections.items():
         value = config
         for part in key.split("."):
             value = value.get(part, KeyError) if isinstance(value, dict) else KeyError
-        if value is KeyError and key not in REQUIRED[kind]:
+        if value is KeyError and key not in required:
             continue
         if value is KeyError or not isinstance(value, types) or isinstance(value, bool) and types is int:
             what = "has no" if value is KeyError else "has a damaged"
