@@ -48,6 +48,14 @@ def _temporary_beside(path: Path) -> tuple[int, str]:
             raise type(e)(e.errno, e.strerror, str(path)) from None
 
 
+def check_writable(path: Path) -> None:
+    """Raise the OSError that writing ``path`` would (naming it), now rather than after minutes of work: a file is
+    made beside it and removed. Nothing is written to ``path`` itself."""
+    fd, tmp = _temporary_beside(Path(path))
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a torn one."""
     path = Path(path)

@@ -168,11 +168,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rnnkit.baselines.classify import majority_accuracy, minirocket_accuracy, tfidf_accuracy
+    from rnnkit.checkpoint import check_writable
     from rnnkit.data.classification import ClassificationSpec, load_classification
     from rnnkit.plots import plot_confusion
     from rnnkit.train.batches import predict
 
     model, vocab, config = _load(args)
+    png = args.confusion_png or args.run_dir / "confusion.png"
+    check_writable(png)  # before the scoring: a read-only run directory fails now, not after it
     spec = ClassificationSpec(**config["data"]["spec"])
     data = load_classification(spec, vocab, config["classes"], verify=True)
     device = next(model.parameters()).device
@@ -191,7 +194,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             train_x = [*data.train.inputs, *data.val.inputs]
             baselines["minirocket"] = minirocket_accuracy(train_x, train_y, data.test.inputs, truth)
-    png = args.confusion_png or args.run_dir / "confusion.png"
     plot_confusion(confusion, data.classes, png, title=f"test accuracy {accuracy:.4f} ({len(truth):,} examples)")
     per_class = {c: float(confusion[i, i] / max(confusion[i].sum(), 1)) for i, c in enumerate(data.classes)}
     result = {"accuracy": accuracy, "baseline_accuracy": max(baselines.values()) if baselines else None,

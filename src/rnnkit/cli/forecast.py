@@ -129,7 +129,7 @@ def _check_same_data(series, config: dict) -> None:
 
 # -- eval ----------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rnnkit.checkpoint import weights_read
+    from rnnkit.checkpoint import check_writable, weights_read
     from rnnkit.forecast import ForecastDataConfig, evaluate, load_forecaster, resolve_data
     from rnnkit.train import resolve_device
 
@@ -138,7 +138,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     args.weights = weights_read(args.run_dir, args.weights)  # what was read: best falls back to last
     _, series = resolve_data(ForecastDataConfig(**config["data"]["split"]))
     _check_same_data(series, config)
-    result = evaluate(model, config, series, device, plot=args.plot or args.run_dir / "forecast.png")
+    plot = args.plot or args.run_dir / "forecast.png"
+    check_writable(plot)  # before the scoring (ARIMA takes a while): a read-only run directory fails now
+    result = evaluate(model, config, series, device, plot=plot)
     result["weights"] = args.weights
     if args.json:
         print(json.dumps(result))
