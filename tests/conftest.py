@@ -64,6 +64,20 @@ def small_corpus(tmp_path) -> Path:
     return path
 
 
+def refuse_writes_in(monkeypatch, directory: Path) -> None:
+    """Atomic writes into ``directory`` fail as they would in a read-only one (root ignores permission bits)."""
+    import rnnkit.checkpoint
+
+    beside = rnnkit.checkpoint._temporary_beside
+
+    def refuse(path):
+        if path.parent == directory:
+            raise PermissionError(13, "Permission denied", str(path))
+        return beside(path)
+
+    monkeypatch.setattr(rnnkit.checkpoint, "_temporary_beside", refuse)
+
+
 def require_tool(available: bool, what: str, variable: str) -> None:
     """Skip when a system package a test needs is missing; fail instead where ``variable`` is 1 (CI installs it)."""
     if not available:

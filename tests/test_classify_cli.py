@@ -317,21 +317,16 @@ def test_resume_with_more_epochs_extends_an_epoch_budget(tmp_path, capsys):
 def test_eval_into_a_directory_it_cannot_write_fails_before_scoring(text_run, capsys, monkeypatch):
     """The confusion matrix goes into the run directory by default: a read-only one fails at once, naming the file,
     rather than after the scoring and the baselines, with their figures lost."""
-    import rnnkit.checkpoint
+    from conftest import refuse_writes_in
+
     import rnnkit.data.classification
 
     run_dir = text_run[0]
-    beside = rnnkit.checkpoint._temporary_beside
-
-    def refuse(path):
-        if path.parent == run_dir:
-            raise PermissionError(13, "Permission denied", str(path))
-        return beside(path)
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("the test data was loaded before the output was checked")
 
-    monkeypatch.setattr(rnnkit.checkpoint, "_temporary_beside", refuse)
+    refuse_writes_in(monkeypatch, run_dir)
     monkeypatch.setattr(rnnkit.data.classification, "load_classification", no_scoring)
     code, out, err = run(capsys, "classify", "eval", run_dir)
     assert code == 2 and out == ""

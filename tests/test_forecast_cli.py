@@ -106,24 +106,18 @@ def test_named_series_recipe(tmp_path, capsys):
 
 
 def test_eval_into_a_directory_it_cannot_write_fails_before_scoring(tmp_path, capsys, csv_series, monkeypatch):
-    import rnnkit.checkpoint
+    from conftest import refuse_writes_in
+
     import rnnkit.forecast
 
     out = tmp_path / "run"
     code, _, err = run(capsys, "forecast", "train", "--data", csv_series, "--target", "sales", "--horizon", "6",
                        "--lookback", "12", "--hidden-size", "4", "--max-steps", "2", "--quiet", "--out", out)
     assert code == 0, err
-    beside = rnnkit.checkpoint._temporary_beside
-
-    def refuse(path):
-        if path.parent == out:
-            raise PermissionError(13, "Permission denied", str(path))
-        return beside(path)
-
     def no_scoring(*args, **kwargs):
         raise AssertionError("the forecast was scored before the output was checked")
 
-    monkeypatch.setattr(rnnkit.checkpoint, "_temporary_beside", refuse)
+    refuse_writes_in(monkeypatch, out)
     monkeypatch.setattr(rnnkit.forecast, "evaluate", no_scoring)
     code, stdout, err = run(capsys, "forecast", "eval", out)
     assert code == 2 and stdout == "" and err.startswith(f"error: {out / 'forecast.png'}: Permission denied")
