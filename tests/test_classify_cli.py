@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from classify_helpers import sentiment_sample, write_ts
+from conftest import refuse_writes_in
 from PIL import Image
 from test_cli import run  # the CLI in-process: (exit code, stdout, stderr)
 
@@ -317,8 +318,6 @@ def test_resume_with_more_epochs_extends_an_epoch_budget(tmp_path, capsys):
 def test_eval_into_a_directory_it_cannot_write_fails_before_scoring(text_run, capsys, monkeypatch):
     """The confusion matrix goes into the run directory by default: a read-only one fails at once, naming the file,
     rather than after the scoring and the baselines, with their figures lost."""
-    from conftest import refuse_writes_in
-
     import rnnkit.data.classification
 
     run_dir = text_run[0]

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import refuse_writes_in
 
 from rnnkit.cli import main
 
@@ -106,8 +107,6 @@ def test_named_series_recipe(tmp_path, capsys):
 
 
 def test_eval_into_a_directory_it_cannot_write_fails_before_scoring(tmp_path, capsys, csv_series, monkeypatch):
-    from conftest import refuse_writes_in
-
     import rnnkit.forecast
 
     out = tmp_path / "run"
