@@ -258,7 +258,8 @@ int rnnkit_filter_probs(const float *logits, int64_t V, float temperature, int64
     /* z = (logit - max) / temperature, computed once. Built with -ffast-math, this code may assume there are no
      * infinities (and divide by multiplying with 1 / temperature), and a tiny temperature would make them. So the
      * temperature is at least 1e-30, where 1 / t is finite and a draw is already greedy for logits more than
-     * 1e-28 apart; and a difference below -1e38 t gets -FLT_MAX (its probability is 0 either way). Every z is then finite, and the most likely token's is 0. */
+     * 1e-28 apart; and a difference below -1e38 t gets -FLT_MAX (its probability is 0 either way). Every z is
+     * then finite, and the most likely token's is 0. */
     float top = logits[0];
     for (int64_t v = 1; v < V; v++) top = fmaxf(top, logits[v]);
     const float t = fmaxf(temperature, 1e-30f), lo = t >= 1.0f ? -1e38f : -1e38f * t;
