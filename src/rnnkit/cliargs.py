@@ -62,8 +62,9 @@ def output_file(*suffixes: str):
     return check
 
 
-#: ``--epochs``' default for the batch-trained verbs that set it only when no other budget is given
-EPOCHS_WITHOUT_BUDGET = "20 when neither --max-steps nor --minutes is given"
+#: ``--epochs``' default for the batch-trained verbs that set it only when no other budget is given, and its help
+DEFAULT_EPOCHS = 20.0
+EPOCHS_WITHOUT_BUDGET = f"{DEFAULT_EPOCHS:g} when neither --max-steps nor --minutes is given"
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls, group_title: str,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rnnkit import __version__
 from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, start_run, stdin_lines, stopped
-from rnnkit.cliargs import EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
+from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError, CorpusError
 
 KIND = "classifier"
@@ -101,7 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = ClassificationSpec(args.data or [], args.test_data, **options)
         train_config = BatchTrainConfig(**train_flags)
         if not (train_config.epochs or train_config.max_steps or train_config.minutes):
-            train_config.epochs = 20.0
+            train_config.epochs = DEFAULT_EPOCHS
         data = load_classification(spec)
         torch.manual_seed(train_config.seed)
         sizes = {"vocab_size": len(data.vocab)} if data.vocab else {"input_size": data.input_size}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rnnkit import __version__
 from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
-from rnnkit.cliargs import EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
+from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError
 
 KIND = "conditional_generator"
@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         spec = GenerationSpec(args.data, **options)
         train_config = BatchTrainConfig(**train_flags)
         if not (train_config.epochs or train_config.max_steps or train_config.minutes):
-            train_config.epochs = 20.0
+            train_config.epochs = DEFAULT_EPOCHS
         data = load_generation(spec)
         torch.manual_seed(train_config.seed)
         sizes = ({"num_classes": len(data.classes)} if data.classes else

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rnnkit import __version__
 from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
-from rnnkit.cliargs import EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file
+from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError
 
 KIND = "ctc_recognizer"
@@ -112,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = new_run_dir(args, "recognize")
         train_config = RecognitionTrainConfig(**{"batch_size": 32, "lr": 2e-3, **train_flags})
         if not (train_config.epochs or train_config.max_steps or train_config.minutes):
-            train_config.epochs = 20.0
+            train_config.epochs = DEFAULT_EPOCHS
         CTCRecognizerConfig(input_size=32, num_classes=2, **model_flags)  # a bad flag fails before the data loads
         init = _init_from(args.init_from, args.data, model_flags) if args.init_from else None
         t0 = time.perf_counter()

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from rnnkit.data.labeled import Examples
 from rnnkit.data.streams import IGNORE_INDEX
 from rnnkit.errors import ConfigError, CorpusError
+from rnnkit.train.config import LoopConfig
 from rnnkit.train.distributed import world_size
-from rnnkit.train.loop import LoopConfig, LoopTrainer
+from rnnkit.train.loop import LoopTrainer
 
 
 @dataclass

@@ -24,8 +24,9 @@ from rnnkit.data.streams import IGNORE_INDEX, Streams
 from rnnkit.errors import ConfigError, CorpusError
 from rnnkit.nn.cells import State
 from rnnkit.nn.recurrent import map_state
+from rnnkit.train.config import LoopConfig
 from rnnkit.train.distributed import SINGLE, Ranks, check_split
-from rnnkit.train.loop import LoopConfig, LoopTrainer
+from rnnkit.train.loop import LoopTrainer
 
 
 @dataclass
