@@ -54,6 +54,19 @@ def test_train_eval_predict(tmp_path, capsys, csv_series):
     assert code == 0 and [int(line.split(",")[0]) for line in text.split()] == list(range(1, 13))
     code, text, _ = run(capsys, "forecast", "predict", out, "--data", csv_series, "--json")
     assert code == 0 and len(json.loads(text)["forecast"]) == 12
+    lines = csv_series.read_text().splitlines()
+    no_temp = tmp_path / "no-temp.csv"
+    no_temp.write_text("".join(f"{month},{sales}\n" for month, _, sales in (r.split(",") for r in lines)))
+    code, text, err = run(capsys, "forecast", "predict", out, "--data", no_temp)
+    assert code == 2 and text == "" and len(err.strip().splitlines()) == 1
+    assert "has no column 'temp'" in err and "the model reads 'sales', 'temp': pass a CSV that has those" in err
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(lines[:24]) + "\n")  # the header and 23 steps; the model reads 24
+    code, text, err = run(capsys, "forecast", "predict", out, "--data", short)
+    assert code == 2 and text == "" and "the series has 23 steps, the model reads the last 24" in err
+    short.write_text("\n".join(lines[:25]) + "\n")
+    code, text, err = run(capsys, "forecast", "predict", out, "--data", short)
+    assert code == 0, err
 
     code, _, err = run(capsys, "forecast", "train", "--resume", out, "--max-steps", "20", "--quiet")
     assert code == 0, err

@@ -114,6 +114,9 @@ def load_forecaster(run_dir: Path, weights: str = "best", device: str | torch.de
 @torch.no_grad()
 def forecast(model, history: np.ndarray, lookback: int, device: str | torch.device = "cpu") -> np.ndarray:
     """The next H values of the target after ``history (T, C)`` (raw values), from its last ``lookback`` steps."""
+    if len(history) < lookback:
+        raise ConfigError(f"the series has {len(history)} steps, the model reads the last {lookback} — pass a longer "
+                          "history")
     x = torch.as_tensor(np.asarray(history[-lookback:], dtype=np.float32))[None].to(device)  # (1, L, C)
     return model(x).logits[0].double().cpu().numpy()  # (H,)
 

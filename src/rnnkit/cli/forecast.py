@@ -157,7 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # -- predict -------------------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
-    from rnnkit.data.forecasting import load_series
+    from rnnkit.data.forecasting import NAMED, load_series
     from rnnkit.forecast import forecast, load_forecaster
     from rnnkit.train import resolve_device
 
@@ -166,12 +166,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     split = config["data"]["split"]
     if args.data is None:
         series = load_series(split["data"], split["target"], _covariates(split))
+    elif args.data in NAMED:
+        series = load_series(args.data)
     else:
-        series = load_series(args.data, *(_columns(config) if args.data not in ("airline", "sunspots", "lynx",
-                                                                                  "shampoo") else (None, None)))
+        target, covariates = _columns(config)
+        series = load_series(args.data, target, covariates,
+                             fix=f"the model reads {', '.join(map(repr, [target, *covariates]))}: pass a CSV that has "
+                                 "those columns")
     if series.values.shape[1] != model.config.input_size:
-        raise CorpusError(f"{args.data} has {series.values.shape[1]} columns, the model reads "
-                          f"{model.config.input_size} — pass the same target and covariates it was trained on")
+        raise CorpusError(f"{args.data} has {series.values.shape[1]} column(s), the model reads "
+                          f"{model.config.input_size} ({', '.join(map(repr, config['data']['columns']))}) — pass a "
+                          "CSV that has those columns")
     values = forecast(model, series.values, split["lookback"], device)
     if args.json:
         print(json.dumps({"series": series.name, "after_step": len(series), "forecast": values.tolist()}))

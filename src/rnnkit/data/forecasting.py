@@ -66,6 +66,7 @@ def _shampoo() -> Series:
         return Series("shampoo", np.asarray(load_shampoo_sales(), dtype=np.float64)[:, None], ["sales"], 12, 1)
 
 
+FIX_COLUMNS = "pass --target/--covariates accordingly"
 LARGEST = 1e30  # |value| past this, float32 arithmetic (the model, the scaler's output) overflows
 
 #: name -> (loader, where it comes from)
@@ -77,8 +78,10 @@ NAMED = {
 }
 
 
-def load_series(source: str, target: str | None = None, covariates: list[str] | None = None) -> Series:
-    """A named series (``airline``, ``sunspots``, ``lynx``, ``shampoo``) or a CSV file."""
+def load_series(source: str, target: str | None = None, covariates: list[str] | None = None,
+                fix: str = FIX_COLUMNS) -> Series:
+    """A named series (``airline``, ``sunspots``, ``lynx``, ``shampoo``) or a CSV file. ``fix`` is what a
+    missing column's message tells the user to do."""
     if source in NAMED:
         if target or covariates:
             raise CorpusError(f"{source!r} is a named univariate series — --target and --covariates are for CSV files")
@@ -89,11 +92,12 @@ def load_series(source: str, target: str | None = None, covariates: list[str] | 
     path = Path(source)
     if not path.exists():
         raise CorpusError(f"{source} is neither a CSV file nor a named series ({', '.join(NAMED)}) — check the path")
-    return read_csv_series(path, target, covariates)
+    return read_csv_series(path, target, covariates, fix)
 
 
 # -- CSV -----------------------------------------------------------------------------------------------------
-def read_csv_series(path: str | Path, target: str | None = None, covariates: list[str] | None = None) -> Series:
+def read_csv_series(path: str | Path, target: str | None = None, covariates: list[str] | None = None,
+                    fix: str = FIX_COLUMNS) -> Series:
     """A series from a CSV file, one row per step in time order.
 
     With a header row (detected by ``_is_header``), ``target`` and ``covariates`` name columns; without one they
@@ -121,7 +125,7 @@ def read_csv_series(path: str | Path, target: str | None = None, covariates: lis
         if name not in header:
             what = "columns are " + ", ".join(repr(h) for h in header) if has_header else \
                 f"it has no header, so name columns by number 1..{len(header)}"
-            raise CorpusError(f"{path} has no column {name!r} ({what}) — pass --target/--covariates accordingly")
+            raise CorpusError(f"{path} has no column {name!r} ({what}) — {fix}")
         cols.append(header.index(name))
     if len(set(cols)) != len(cols):
         raise CorpusError(f"{path}: the target and covariates must be different columns (got {names})")
