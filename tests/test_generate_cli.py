@@ -78,6 +78,10 @@ def test_beam_lists_distinct_names_best_first(names_run, capsys):
     assert len(rows) == 4 and len({r["sample"] for r in rows}) == 4
     scores = [r["score"] for r in rows]
     assert scores == sorted(scores, reverse=True)
+    code, out, err = run(capsys, "generate", "sample", str(names_run), "--label", "Japanese", "--beam", "4",
+                         "--num-samples", "2", "--json")
+    assert code == 0, err
+    assert [json.loads(line) for line in out.splitlines()] == rows[:2]  # the best two of the same four beams
 
 
 def test_digits_run_captions_images_and_scores_the_svm(digits_run, capsys):
@@ -113,6 +117,7 @@ def test_train_errors(argv, fragments, tmp_path, capsys):
     (["--label", "Italian", "--beam", "0"], ["--beam"]),
     (["--label", "Italian", "--beam", "3", "--temperature", "0.5"], ["--temperature", "--beam"]),
     (["--label", "Italian", "--beam", "3", "--top-k", "5"], ["--top-k", "--beam"]),
+    (["--label", "Italian", "--beam", "3", "--num-samples", "5"], ["--num-samples 5", "--beam 5"]),
     (["--label", "Italian", "--temperature", "-1"], ["temperature"]),
 ])
 def test_sample_errors(names_run, flags, fragments, capsys):

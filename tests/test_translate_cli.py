@@ -90,6 +90,13 @@ def test_translate_arguments_stdin_and_json_agree_with_the_library(run_dir, caps
     assert code == 0 and len(last_out.splitlines()) == 3, err
     code, beam_out, _ = run(capsys, "translate", "translate", run_dir, *SENTENCES, "--beam", 3, "--alpha", 1.0)
     assert code == 0 and beam_out.splitlines() == [tgt.decode(s) for s in tr.beam(model, ids, 3, alpha=1.0)]
+    # a wide beam decodes fewer sentences at a time (here one: MAX_BEAM // 3), with the same results
+    monkeypatch.setattr(tr, "MAX_BEAM", 5)
+    code, narrow_out, _ = run(capsys, "translate", "translate", run_dir, *SENTENCES, "--beam", 3, "--alpha", 1.0)
+    assert code == 0 and narrow_out == beam_out
+    code, _, err = run(capsys, "translate", "translate", run_dir, *SENTENCES, "--beam", 6)
+    assert_user_error(code, err, "--beam must be 1..5 (got 6)")
+    monkeypatch.undo()
     # stdin: one sentence a line, blank lines skipped, CRLF ends taken off
     monkeypatch.setattr(sys, "stdin", io.StringIO(SENTENCES[0] + "\r\n\n   \n" + "\n".join(SENTENCES[1:]) + "\n"))
     code, stdin_out, err = run(capsys, "translate", "translate", run_dir, "--beam", 1)
@@ -250,7 +257,10 @@ def test_translate_and_eval_errors(run_dir, tmp_path, capsys, monkeypatch):
     for verb in ("translate", "eval"):
         code, _, err = run(capsys, "translate", verb, run_dir, *(["Hola."] if verb == "translate" else []),
                            "--beam", 0)
-        assert_user_error(code, err, "--beam must be >= 1 (got 0)")
+        assert_user_error(code, err, "--beam must be 1..1024 (got 0)")
+        code, _, err = run(capsys, "translate", verb, run_dir, *(["Hola."] if verb == "translate" else []),
+                           "--beam", 1025)
+        assert_user_error(code, err, "--beam must be 1..1024 (got 1025)")
         code, _, err = run(capsys, "translate", verb, tmp_path / "nowhere")
         assert_user_error(code, err, "nowhere")
         code, _, err = run(capsys, "translate", verb, tmp_path)

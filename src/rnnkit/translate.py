@@ -66,13 +66,17 @@ def greedy(model, src: Sequence[Sequence[int]], max_length: int = 80,
         model.train(was_training)
 
 
+MAX_BEAM = 1024  # hypotheses per sentence; each holds a copy of its sentence's encoder memory
+
+
 @torch.no_grad()
 def beam(model, src: Sequence[Sequence[int]], beam_size: int = 5, max_length: int = 80,
          alpha: float = 0.6) -> list[list[int]]:
     """Beam search for every source sentence at once (B sentences x K beams advance in one batched step); the best
     finished hypothesis of each by log-probability / ``length_penalty(length, alpha)``; EOS not included."""
-    if beam_size < 1:
-        raise ConfigError(f"beam size must be >= 1 (got {beam_size}) — e.g. --beam 5")
+    if not 1 <= beam_size <= MAX_BEAM:
+        raise ConfigError(f"beam size must be 1..{MAX_BEAM} (got {beam_size}) — e.g. --beam 5; wider beams rarely "
+                          "raise BLEU")
     if alpha < 0:
         raise ConfigError(f"the length penalty alpha must be >= 0 (got {alpha}) — 0 ranks by log-probability")
     was_training = model.training

@@ -50,7 +50,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opening", metavar="CHORALE",
                    help="music: start from the opening bar of this held-out chorale ('test' for the first one; "
                         "a name the error lists)")
-    p.add_argument("--num-samples", type=int, default=5, help="samples to draw (default: 5)")
+    p.add_argument("--num-samples", type=int, help="samples to draw (default: 5); with --beam K, the best N of the K "
+                                                    "beams (default: all K)")
     p.add_argument("--max-length", type=int, help="new tokens at most (default: 40 text, 12 digits, 400 music)")
     p.add_argument("--temperature", type=float, help="0 = greedy; higher = more varied (default: 0.8)")
     p.add_argument("--top-k", type=int, help="sample only from the K most likely tokens")
@@ -163,9 +164,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         flag = "--" + sampling[0].replace("_", "-")
         raise ConfigError(f"{flag} shapes sampling, and --beam searches instead of sampling — drop one of them")
     args.temperature = 0.8 if args.temperature is None else args.temperature
-    check_sampling(args.temperature, args.top_k, args.top_p, max_length, args.num_samples)
     if args.beam is not None and args.beam < 1:
         raise ConfigError(f"--beam must be >= 1 (got {args.beam}) — e.g. --beam 5")
+    if args.beam is not None and args.num_samples is not None and args.num_samples > args.beam:
+        raise ConfigError(f"--num-samples {args.num_samples} asks for more sequences than --beam {args.beam} keeps — "
+                          f"pass --beam {args.num_samples} or more")
+    if args.num_samples is None:
+        args.num_samples = args.beam or 5
+    check_sampling(args.temperature, args.top_k, args.top_p, max_length, args.num_samples)
     music_out = [a for a in (args.midi, args.musicxml, args.piano_roll) if a is not None]
     if music_out and kind != "music":
         raise ConfigError("--midi, --musicxml and --piano-roll write melodies — they need a run trained on "
@@ -183,7 +189,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         prompt = opening.tokens[:opening.opening] + prompt
     if args.beam:
         found = one_to_many.beam(model, vocab, condition, prompt, args.beam, max_length, args.alpha)
-        outputs = [(tokens, score) for tokens, score in found]
+        outputs = [(tokens, score) for tokens, score in found[:args.num_samples]]
     else:
         outputs = [(tokens, None) for tokens in one_to_many.sample(
             model, vocab, condition, prompt, args.num_samples, max_length, args.temperature, args.top_k, args.top_p,

@@ -137,9 +137,18 @@ def _load(args: argparse.Namespace):
     return model, Tokenizer.from_dict(config["src_vocab"]), Tokenizer.from_dict(config["tgt_vocab"]), config
 
 
+def _check_beam(beam: int) -> None:
+    from rnnkit.translate import MAX_BEAM
+
+    if not 1 <= beam <= MAX_BEAM:
+        raise ConfigError(f"--beam must be 1..{MAX_BEAM} (got {beam}) — 1 is greedy; beams wider than ~10 rarely "
+                          "raise BLEU")
+
+
 def _decode_all(model, src_ids: list[list[int]], beam: int, alpha: float, batch: int = 64) -> list[list[int]]:
     from rnnkit import translate as tr
 
+    batch = max(1, min(batch, tr.MAX_BEAM // beam))  # at most MAX_BEAM hypotheses (and memory copies) at once
     out: list[list[int]] = []
     order = sorted(range(len(src_ids)), key=lambda i: len(src_ids[i]))  # similar lengths batch together
     for start in range(0, len(order), batch):
@@ -154,8 +163,7 @@ def _decode_all(model, src_ids: list[list[int]], beam: int, alpha: float, batch:
 def cmd_translate(args: argparse.Namespace) -> int:
     from rnnkit import translate as tr
 
-    if args.beam < 1:
-        raise ConfigError(f"--beam must be >= 1 (got {args.beam}) — 1 is greedy")
+    _check_beam(args.beam)
     model, src, tgt, _ = _load(args)
     sentences = args.inputs or stdin_lines()
     if not sentences:
@@ -195,8 +203,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit import translate as tr
     from rnnkit.data.translation import TranslationSpec, load_translation
 
-    if args.beam < 1:
-        raise ConfigError(f"--beam must be >= 1 (got {args.beam}) — 1 is greedy")
+    _check_beam(args.beam)
     model, src, tgt, config = _load(args)
     data = load_translation(TranslationSpec(**config["data"]["spec"]), src, tgt, verify=True)
     if not data.test_sources:
