@@ -246,8 +246,10 @@ def test_model_errors():
     model = make_model()
     with pytest.raises(ConfigError, match="needs tgt_in"):
         model(torch.tensor([[4, 5]]))
-    with pytest.raises(ConfigError, match="beam size must be >= 1.*—"):
+    with pytest.raises(ConfigError, match="beam size must be 1..1024 .got 0. —"):
         tr.beam(model, [[4, 5]], beam_size=0)
+    with pytest.raises(ConfigError, match="beam size must be 1..1024 .got 1025. —"):
+        tr.beam(model, [[4, 5]], beam_size=1025)
     assert not model.training
     model.train()
     with pytest.raises(ConfigError):
