@@ -182,6 +182,27 @@ def test_fused_equals_explicit(cell, bidirectional, lengths):
     )
 
 
+@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bf16_autocast_state_keeps_its_dtype_on_both_paths(cell, lengths):
+    """Under autocast torch's fused LSTM and RNN return a bf16 state; ours returns the dtype it was given (fp32),
+    as the explicit path does, so a state carried across TBPTT windows does not change dtype with the path."""
+    fused = make(cell, "fused", 2).float()
+    explicit = make(cell, "explicit", 2).float()
+    explicit.load_torch_state_dict(fused.torch_state_dict())
+    x = inputs().float().detach()
+    state = tuple(s.float().detach() for s in as_tuple(random_state(fused)))
+    state = state if len(state) == 2 else state[0]
+    results = []
+    for layer in (fused, explicit):
+        with torch.autocast("cpu", torch.bfloat16):
+            y, new = layer(x, state, lengths)
+        assert all(s.dtype == torch.float32 for s in as_tuple(new))
+        results.append(as_tuple(new))
+    for a, b in zip(*results, strict=True):
+        assert_close(a, b, atol=0.05, rtol=0.05)  # bf16 arithmetic, same cell
+
+
 def test_auto_uses_fused_for_builtin_cells():
     for cell in ("rnn", *CELLS):
         assert Recurrent(cell, C, H, path="auto").uses_fused

@@ -234,8 +234,12 @@ class Recurrent(nn.Module):
         if self.weight_drop and self.training and not self._dropping:
             return self._forward_weight_dropped(x, state, lengths)
         if self._fused is not None:
-            return self._forward_fused(x, state, lengths)
-        return self._forward_explicit(x, state, lengths)
+            y, new = self._forward_fused(x, state, lengths)
+        else:
+            y, new = self._forward_explicit(x, state, lengths)
+        # Under autocast, torch's fused LSTM and RNN, and the RNN cell's step, return the state in bf16/fp16; the
+        # state leaves in the dtype it came in, so a state carried across TBPTT windows keeps one dtype.
+        return y, map_state(lambda a, b: a.to(b.dtype), new, state)
 
     def _forward_weight_dropped(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         """DropConnect on the recurrent weights (the weight drop of AWD-LSTM, Merity et al. 2018): one mask per
@@ -253,11 +257,12 @@ class Recurrent(nn.Module):
         template.train(self.training)  # inter-layer dropout follows our mode
         params = dict(self.torch_names())
         if lengths is None:
-            return functional_call(template, params, (x, state))
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        y, state = functional_call(template, params, (packed, state))
-        y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])  # (B, T, D*H)
-        return y, state
+            y, new = functional_call(template, params, (x, state))
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            y, new = functional_call(template, params, (packed, state))
+            y, _ = pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])  # (B, T, D*H)
+        return y, new
 
     def _forward_explicit(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         D = self.num_directions
