@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, start_run, stdin_lines, stopped
+from rnnkit.cli.common import add_load_args, add_run_args, budget, info, new_run_dir, start_run, stdin_lines, stopped
 from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -126,8 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = model.config
     members = f"{m.members} x " if m.members > 1 else ""
     info(f"model: {members}{'bi' if m.bidirectional else ''}{m.cell.upper()} {m.num_layers}x{m.hidden_size}, "
-         f"{m.pooling} pooling, {model.num_parameters():,} parameters; {train_config.max_steps:,} steps of batch "
-         f"{train_config.batch_size}; run dir {run_dir}")
+         f"{m.pooling} pooling, {model.num_parameters():,} parameters; budget "
+         f"{budget(train_config)}, batch {train_config.batch_size}; run dir {run_dir}")
     summary = trainer.fit()
     if stopped(summary, "rnnkit classify train", run_dir):
         return 130

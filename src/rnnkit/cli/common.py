@@ -23,6 +23,13 @@ def add_run_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def budget(config) -> str:
+    """A training config's budget in words: ``1,200 steps``, ``12 minutes``, or both (whichever ends first)."""
+    parts = [f"{config.max_steps:,} steps" if config.max_steps else "",
+             f"{config.minutes:g} minutes" if config.minutes else ""]
+    return " or ".join(p for p in parts if p) + (", whichever ends first" if all(parts) else "")
+
+
 def info(message: str) -> None:
     """Progress and summaries go to stderr, so stdout carries only results (samples, JSON)."""
     print(message, file=sys.stderr, flush=True)

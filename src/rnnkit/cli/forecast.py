@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, stopped
+from rnnkit.cli.common import add_load_args, add_run_args, budget, info, new_run_dir, stopped
 from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -104,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     info(f"model: {c.members}x {c.num_layers}x{c.hidden_size} {c.cell.upper()}, {c.mode}, season {c.season}"
          f"{', log' if c.log else ''}, {model.num_parameters():,} parameters on {trainer.device}")
     verb = f"resuming at step {trainer.step}" if args.resume else "training"
-    info(f"{verb}: batch {train_config.batch_size}, {train_config.max_steps or '-'} steps; run dir {run_dir}")
+    info(f"{verb}: batch {train_config.batch_size}, budget {budget(train_config)}; run dir {run_dir}")
     summary = trainer.fit()
     if stopped(summary, "rnnkit forecast train", run_dir):
         return 130

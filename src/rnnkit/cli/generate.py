@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
+from rnnkit.cli.common import add_load_args, add_run_args, budget, info, new_run_dir, resumed_config, start_run, stopped
 from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError
 
@@ -127,7 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
          f"{len(data.test):,} held-out sequences")
     info(f"model: {members}{m.cell.upper()} {m.num_layers}x{m.hidden_size}, condition {m.condition} "
          f"({'labels' if m.num_classes else m.encoder + ' encoder'}), {model.num_parameters():,} parameters; "
-         f"{train_config.max_steps:,} steps of batch {train_config.batch_size}; run dir {run_dir}")
+         f"budget {budget(train_config)}, batch {train_config.batch_size}; run dir {run_dir}")
     summary = trainer.fit()
     if stopped(summary, "rnnkit generate train", run_dir):
         return 130

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, stopped
+from rnnkit.cli.common import add_load_args, add_run_args, budget, info, new_run_dir, stopped
 from rnnkit.cliargs import add_dataclass_args, given, seed
 from rnnkit.errors import ConfigError, RnnkitError
 
@@ -135,12 +135,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = model.config
     info(f"model: {m.num_layers}x{m.hidden_size} {m.cell.upper()}, {model.num_parameters():,} parameters, "
          f"{'fused' if model.rnn.uses_fused else 'explicit'} path on {trainer.device}")
-    budget = " and ".join(x for x in (f"{train_config.max_steps} steps" if train_config.max_steps else "",
-                                      f"{train_config.minutes:g} minutes" if train_config.minutes else "") if x)
     verb = f"resuming at step {trainer.step}" if args.resume else "training"
     split = f" ({ranks.size} processes of {train_config.batch_size // ranks.size})" if ranks.size > 1 else ""
-    info(f"{verb}: batch {train_config.batch_size}{split} x window {train_config.seq_len}, budget {budget}; "
-         f"run dir {run_dir}")
+    info(f"{verb}: batch {train_config.batch_size}{split} x window {train_config.seq_len}, budget "
+         f"{budget(train_config)}; run dir {run_dir}")
 
     summary = trainer.fit()
     ranks.close()

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, info, new_run_dir, resumed_config, start_run, stopped
+from rnnkit.cli.common import add_load_args, add_run_args, budget, info, new_run_dir, resumed_config, start_run, stopped
 from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError
 
@@ -140,8 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = model.config
     info(f"model: {m.frontend} front end (stride {m.time_stride}), {'bi' if m.bidirectional else ''}"
          f"{m.cell.upper()} {m.num_layers}x{m.hidden_size}, {model.num_parameters():,} parameters; "
-         f"{train_config.max_steps or '-'} steps of batch {train_config.batch_size}"
-         f"{f', {train_config.minutes} minutes' if train_config.minutes else ''}; run dir {run_dir}")
+         f"budget {budget(train_config)}, batch {train_config.batch_size}; run dir {run_dir}")
     summary = trainer.fit()
     if stopped(summary, "rnnkit recognize train", run_dir):
         return 130

@@ -12,6 +12,7 @@ from rnnkit import __version__
 from rnnkit.cli.common import (
     add_load_args,
     add_run_args,
+    budget,
     info,
     new_run_dir,
     resumed_config,
@@ -114,9 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = model.config
     info(f"model: bi{m.cell.upper()} encoder, {m.cell.upper()} decoder, {m.num_layers}x{m.hidden_size}, "
          f"{m.attention} attention{', input feeding' if m.input_feeding else ''}, {model.num_parameters():,} "
-         f"parameters; {len(data.train):,} training pairs, {train_config.max_steps or '-'} steps of batch "
-         f"{train_config.batch_size}{f', {train_config.minutes} minutes' if train_config.minutes else ''}; "
-         f"run dir {run_dir}")
+         f"parameters; {len(data.train):,} training pairs, budget {budget(train_config)}, batch "
+         f"{train_config.batch_size}; run dir {run_dir}")
     summary = trainer.fit()
     if stopped(summary, "rnnkit translate train", run_dir):
         return 130
