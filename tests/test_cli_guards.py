@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import require_data
 from test_cli import SMALL, assert_user_error, run, trained  # noqa: F401 (trained: a fixture)
 
 from rnnkit.checkpoint import BEST, CONFIG, MODEL
@@ -397,3 +398,18 @@ def test_recognize_predict_will_not_draw_over_its_input(fake_run, tmp_path, caps
     code, _, err = run(capsys, "recognize", "predict", fake_run, line, "--png", line)
     assert_user_error(code, err, "is one of the inputs")
     assert line.read_bytes() == b"a user's scan"
+
+
+@pytest.mark.parametrize("verb, data", [
+    (["classify", "train"], ["--data", "names"]),
+    (["generate", "train"], ["--data", "names"]),
+    (["tag", "train", "--task", "spaces"], ["--data", "spa-eng/spa.txt", "--max-sentences", "300"]),
+])
+def test_a_budget_in_minutes_alone_is_reported_and_kept(verb, data, tmp_path, capsys):
+    """``--minutes`` without ``--max-steps`` or ``--epochs``: the start line printed ``None`` steps (a traceback)."""
+    data = [str(require_data(d)) if d in ("names", "spa-eng/spa.txt") else d for d in data]
+    code, _, err = run(capsys, *verb, *data, "--minutes", "0.005", "--hidden-size", "8", "--quiet",
+                       "--out", tmp_path / "r")
+    assert code == 0, err
+    assert "budget 0.005 minutes, batch 32" in err
+    assert json.loads((tmp_path / "r" / CONFIG).read_text())["train"]["minutes"] == 0.005

@@ -142,14 +142,16 @@ SECTIONS = {
     "classifier": {**_RUN, "classes": list, "vocab": (dict, _NULL), "data.spec": dict},
     "conditional_generator": {**_RUN, "classes": (list, _NULL), "vocab": dict, "data.spec": dict, "data.kind": str},
     "forecaster": {**_RUN, "data.split": dict, "data.columns": list},
+    "tagger": {**_RUN, "tags": list, "vocab": dict, "data.spec": dict},
     "seq2seq": {**_RUN, "src_vocab": dict, "tgt_vocab": dict, "data.spec": dict},
     "ctc_recognizer": {**_RUN, "data.root": str, "data.limit": (int, _NULL), "data.info": dict},
 }
 #: the commands that take each kind of run
 COMMANDS = {"language_model": "rnnkit train --resume|sample|eval|serve|visualize|export",
             "classifier": "rnnkit classify", "conditional_generator": "rnnkit generate",
-            "forecaster": "rnnkit forecast", "seq2seq": "rnnkit translate", "ctc_recognizer": "rnnkit recognize"}
-REQUIRED = {kind: ("model", "vocab") if kind == "language_model" else ("model",) for kind in SECTIONS}
+            "forecaster": "rnnkit forecast", "seq2seq": "rnnkit translate", "ctc_recognizer": "rnnkit recognize",
+            "tagger": "rnnkit tag"}
+REQUIRED = {kind: ("model", "vocab") if kind in ("language_model", "tagger") else ("model",) for kind in SECTIONS}
 
 
 def _check_sections(config: dict, path: Path) -> None:

@@ -21,6 +21,7 @@ COMMANDS = (
     "rnnkit.experiments",  # experiment adding|copy|gradient-flow
     "rnnkit.cli.classify",  # classify train|eval|predict
     "rnnkit.cli.forecast",  # forecast train|predict|eval
+    "rnnkit.cli.tag",  # tag train|eval|predict
     "rnnkit.cli.generate",  # generate train|sample|eval
     "rnnkit.cli.translate",  # translate train|translate|eval
     "rnnkit.cli.data",  # data handwriting|speech
@@ -31,7 +32,7 @@ COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="rnnkit", description="Recurrent neural networks: language models, classifiers, "
+    parser = Parser(prog="rnnkit", description="Recurrent neural networks: language models, classifiers, taggers, "
                                                "forecasters, conditional generators, translators and recognisers — "
                                                "train, evaluate, sample, serve, export.")
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")

@@ -74,6 +74,10 @@ class TokenVocab:
             out[i, :len(r)] = r
         return out
 
+    def ids(self, tokens: Sequence[str]) -> np.ndarray:
+        """Ids ``(T,)`` of tokens already split (a tagger's words or characters, kept as they are)."""
+        return np.array([self._index.get(t, UNK_ID) for t in tokens], dtype=np.int64)
+
     def _ngram_ids(self, word: str) -> list[int]:
         marked = f"<{word}>"
         lo, hi = SUBWORD_NGRAMS
@@ -102,7 +106,7 @@ def read_labeled_texts(path: str | Path) -> tuple[list[str], list[str]]:
             raise CorpusError(f"{path} holds no .txt files — one file per class, e.g. English.txt, French.txt")
         texts, labels = [], []
         for f in files:
-            lines = [ln for ln in _read_lines(f) if ln.strip()]
+            lines = [ln for ln in read_lines(f) if ln.strip()]
             texts += lines
             labels += [f.stem] * len(lines)
         if len(set(labels)) < 2:
@@ -111,7 +115,7 @@ def read_labeled_texts(path: str | Path) -> tuple[list[str], list[str]]:
     if not path.exists():
         raise CorpusError(f"{path} does not exist — pass a text<TAB>label file or a folder of <label>.txt files")
     texts, labels = [], []
-    for n, line in enumerate(_read_lines(path), 1):
+    for n, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
         text, tab, label = line.rpartition("\t")
@@ -124,7 +128,7 @@ def read_labeled_texts(path: str | Path) -> tuple[list[str], list[str]]:
     return texts, labels
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
     try:
         data = path.read_bytes()
     except OSError as e:

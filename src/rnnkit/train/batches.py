@@ -1,5 +1,6 @@
-"""The trainer for models that map a whole sequence to one target (many-to-one): shuffled padded mini-batches,
-one pass over the training examples per epoch, validation loss (and accuracy for classes) on held-out examples.
+"""The trainers for models that read whole sequences in shuffled padded mini-batches (many-to-one, tagging,
+one-to-many, translation): one pass over the training examples per epoch, validation loss (and accuracy for classes
+and tags) on held-out examples.
 
 Works with any model whose ``forward(x, state=None, targets=None, lengths=None)`` returns ``Output`` with a
 mean loss over the batch; it minimises ``Output.objective()``, the loss plus any training penalty.
@@ -168,6 +169,37 @@ def evaluate_examples(model: nn.Module, examples: Examples, device: torch.device
     model.train(was_training)
     n = len(examples)
     return total / n, (correct / n if not examples.targets.dtype.kind == "f" else None)
+
+
+class TaggingTrainer(BatchTrainer):
+    """Trains a many-to-many ``SequenceTagger`` on ``TaggedExamples``: the same shuffled mini-batches, budget and
+    checkpoints as many-to-one training; the loss, accuracy and validation figures are per tagged step, and the best
+    checkpoint is the most accurate one (the lower loss breaking ties)."""
+
+    def __init__(self, model: nn.Module, train, val, config: BatchTrainConfig, run_dir: str | Path,
+                 show_progress: bool = True) -> None:
+        super().__init__(model, train, val, config, run_dir, classes=True, show_progress=show_progress)
+
+    def validate(self) -> dict:
+        loss, accuracy = tagging_figures(self.model, self.val_examples, self.device, self.config.batch_size * 4)
+        return {"val_loss": loss, "val_accuracy": accuracy}
+
+
+@torch.no_grad()
+def tagging_figures(model: nn.Module, examples, device: torch.device, batch_size: int = 128) -> tuple[float, float]:
+    """``(mean loss, accuracy)`` per tagged step (padding and ``IGNORE_INDEX`` targets left out)."""
+    was_training = model.training
+    model.eval()
+    total, correct, n = 0.0, 0, 0
+    for b in examples.batches(batch_size):
+        b = b.to(device)
+        out = model(b.x, None, b.y, lengths=b.lengths)
+        valid = b.y != IGNORE_INDEX
+        k = int(valid.sum())
+        total, n = total + out.loss.item() * k, n + k
+        correct += int((out.logits.argmax(-1) == b.y)[valid].sum())
+    model.train(was_training)
+    return total / max(n, 1), correct / max(n, 1)
 
 
 class ConditionedTrainer(BatchTrainer):

@@ -1,0 +1,80 @@
+"""Tagging end to end: a trained tagger's tags for sentences, and its test score against the classical baselines.
+The CLI verbs (``rnnkit tag``) are thin over this; the data and its split are ``rnnkit.data.tagging``.
+
+Scores are per step (accuracy), per tag (precision, recall, F1 over the test steps) and per sentence (every tag
+right). Macro F1 averages the tags that occur in the test or are predicted there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnkit.data.labeled import TokenVocab
+from rnnkit.data.tagging import TaggedExamples, TaggingData
+
+KIND = "tagger"
+
+
+@torch.no_grad()
+def predict_tags(model: nn.Module, examples: TaggedExamples, device: str | torch.device = "cpu",
+                 batch_size: int = 128) -> list[np.ndarray]:
+    """The most likely tag id of every step of every sequence, in order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for b in examples.batches(batch_size):
+        best = model(b.x.to(device), lengths=b.lengths).logits.argmax(-1).cpu().numpy()  # (B, T)
+        out += [best[i, :n] for i, n in enumerate(b.lengths.tolist())]
+    model.train(was_training)
+    return out
+
+
+def tag_tokens(model: nn.Module, vocab: TokenVocab, tags: list[str], sentences: Sequence[Sequence[str]],
+               device: str | torch.device = "cpu") -> list[list[str]]:
+    """Tags (names) for sentences given as tokens (words, or the characters a derived task reads)."""
+    ids = [vocab.ids(s) for s in sentences]
+    examples = TaggedExamples(ids, [np.zeros(len(x), dtype=np.int64) for x in ids])
+    return [[tags[t] for t in row] for row in predict_tags(model, examples, device)]
+
+
+def score(truth: Sequence[np.ndarray], pred: Sequence[np.ndarray], tags: list[str]) -> dict:
+    """Step accuracy, sentence accuracy, macro F1 and each tag's precision / recall / F1 / support."""
+    y, p = np.concatenate(truth), np.concatenate(pred)
+    k = len(tags)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y, p), 1)
+    hit = np.diag(confusion).astype(np.float64)
+    support, predicted = confusion.sum(1), confusion.sum(0)
+    precision = np.divide(hit, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(hit, support, out=np.zeros(k), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
+    seen = (support > 0) | (predicted > 0)
+    return {
+        "accuracy": float(hit.sum() / len(y)),
+        "sentence_accuracy": float(np.mean([np.array_equal(a, b) for a, b in zip(truth, pred, strict=True)])),
+        "macro_f1": float(f1[seen].mean()),
+        "per_tag": {tags[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                              "support": int(support[i])} for i in range(k) if seen[i]},
+        "test_steps": int(len(y)), "test_sentences": len(truth),
+    }
+
+
+def evaluate(model: nn.Module, data: TaggingData, device: str | torch.device = "cpu",
+             with_baselines: bool = True) -> dict:
+    """The model's test score, and each baseline's accuracy and macro F1 on the same sentences."""
+    from rnnkit.baselines.tag import maxent_tags, most_frequent_tag
+
+    truth = data.test.targets
+    result = score(truth, predict_tags(model, data.test, device), data.tags)
+    if with_baselines:
+        train_tags = [*data.train.targets, *data.val.targets]
+        result["baselines"] = {}
+        for name, method in (("most_frequent_tag", most_frequent_tag), ("maxent_window", maxent_tags)):
+            got = score(truth, method(data.train_tokens, train_tags, data.test_tokens), data.tags)
+            result["baselines"][name] = {"accuracy": got["accuracy"], "macro_f1": got["macro_f1"],
+                                         "sentence_accuracy": got["sentence_accuracy"]}
+    return result
