@@ -265,3 +265,35 @@ def test_learns_real_text(shakespeare, tmp_path):
     assert start > math.log(len(vocab)) - 0.2  # untrained: about uniform
     assert summary["val_loss"] < unigram - 0.7, (summary["val_loss"], unigram)
     assert (tmp_path / "run" / "loss.png").stat().st_size > 1000
+
+
+def test_every_trained_step_is_in_one_logged_row_across_ctrl_c_and_resume(small_corpus, tmp_path):
+    """A row's loss is the mean of the steps since the previous row: Ctrl-C and the end of the budget log the
+    steps since the last row, so no step is left out and a resumed run's first row covers only its own steps."""
+    vocab, ids = tokens_of(small_corpus, 4000)
+    run = tmp_path / "run"
+    losses = {}
+
+    def recording(trainer, stop_after=None):
+        inner = trainer.train_step
+
+        def step():
+            loss, norm, n = inner()
+            losses[trainer.step] = float(loss)
+            if trainer.step == stop_after:
+                trainer._stop = True  # what the SIGINT handler sets
+            return loss, norm, n
+        trainer.train_step = step
+        return trainer
+
+    first = recording(make_trainer(make_model(len(vocab)), ids, run, max_steps=23), stop_after=13)
+    assert first.fit()["interrupted"] and first.step == 13
+    second = recording(make_trainer(make_model(len(vocab)), ids, run, max_steps=23))
+    second.resume()
+    assert not second.fit()["interrupted"] and second.step == 23
+    rows = [r for r in MetricsLog(run).rows() if r["loss"] is not None]
+    assert [int(r["step"]) for r in rows] == [5, 10, 13, 15, 20, 23]
+    edges = [0, 5, 10, 13, 15, 20, 23]
+    for row, lo, hi in zip(rows, edges[:-1], edges[1:], strict=True):
+        want = np.mean([losses[s] for s in range(lo + 1, hi + 1)])
+        assert row["loss"] == pytest.approx(want, rel=1e-5), row  # metrics.csv keeps 6 digits

@@ -220,12 +220,19 @@ class LoopTrainer(ABC):
                 if bar is not None:
                     bar.update(min(self._bar_position(), bar.total) - bar.n)
             interrupted = stopping
+            # the steps since the last row get a row of their own: at the end of the budget (with the last
+            # validation) and at Ctrl-C (a resumed run's first row then covers only the steps it trained)
+            partial = {"loss": float(interval_loss) / interval_n if interval_n else None,
+                       "tokens_per_s": round(interval_tokens / max(interval_time, 1e-9), 1) if interval_n else None}
             if self.step % c.eval_interval != 0 and not interrupted:
                 figures = self._validate_and_save()
                 self.metrics.log(step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
-                                 lr=self.lr(), loss=None, grad_norm=float(norm), tokens_per_s=None, **figures)
+                                 lr=self.lr(), grad_norm=float(norm), **partial, **figures)
             elif interrupted:
                 self.check_finite()
+                if interval_n:
+                    self.metrics.log(step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
+                                     lr=self.lr(), grad_norm=float(norm), **partial)
                 self.save()
         finally:
             if bar is not None:
