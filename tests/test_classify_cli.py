@@ -93,6 +93,11 @@ def test_eval_json_matches_a_manual_evaluation(text_run, capsys, tmp_path):
     assert result["baselines"]["majority"] == pytest.approx(float(np.mean(data.test.targets == majority)))
     recall = {c: float(np.mean(pred[data.test.targets == i] == i)) for i, c in enumerate(data.classes)}
     assert result["per_class_recall"] == pytest.approx(recall)
+    metrics = pytest.importorskip("sklearn.metrics", reason="the reference scores come from scikit-learn")
+    labels = list(range(len(data.classes)))
+    assert result["macro_f1"] == pytest.approx(metrics.f1_score(data.test.targets, pred, average="macro"))
+    assert result["confusion"] == metrics.confusion_matrix(data.test.targets, pred, labels=labels).tolist()
+    assert [result["per_class"][c]["support"] for c in data.classes] == np.bincount(data.test.targets).tolist()
     code, out, _ = run(capsys, "classify", "eval", run_dir, "--no-baselines", "--weights", "last")
     assert code == 0 and "test accuracy" in out and "baseline" not in out
     assert (run_dir / "confusion.png").read_bytes()[:8] == PNG
@@ -331,3 +336,19 @@ def test_eval_into_a_directory_it_cannot_write_fails_before_scoring(text_run, ca
     assert code == 2 and out == ""
     assert err.strip() == f"error: {run_dir / 'confusion.png'}: Permission denied — check the path, its permissions " \
                           "and the free space"
+
+
+def test_a_class_with_no_test_examples_has_no_recall_not_a_recall_of_zero(tmp_path, capsys):
+    """A --test-data file without one of the classes (here the third source, amazon/imdb/yelp as labels)."""
+    lines = sentiment_sample(tmp_path / "sentiment.tsv").read_text(encoding="utf-8").splitlines()
+    by_source = [f"{ln.rsplit(chr(9), 1)[0]}\t{['amazon', 'imdb', 'yelp'][i // 100]}" for i, ln in enumerate(lines)]
+    data, test = tmp_path / "sources.tsv", tmp_path / "test.tsv"
+    data.write_text("\n".join(by_source) + "\n", encoding="utf-8")
+    test.write_text("\n".join(by_source[:20] + by_source[100:120]) + "\n", encoding="utf-8")  # no yelp
+    run_dir = train(tmp_path / "run", data, "--tokens", "word", "--test-data", test, steps=5)
+    code, out, err = run(capsys, "classify", "eval", run_dir, "--json", "--no-baselines")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["per_class"]["yelp"]["support"] == 0 and result["per_class_recall"]["yelp"] is None
+    assert [result["per_class"][c]["support"] for c in ("amazon", "imdb")] == [20, 20]
+    assert all(0 <= result["per_class_recall"][c] <= 1 for c in ("amazon", "imdb"))

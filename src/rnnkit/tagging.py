@@ -15,6 +15,7 @@ from torch import nn
 
 from rnnkit.data.labeled import TokenVocab
 from rnnkit.data.tagging import TaggedExamples, TaggingData
+from rnnkit.scores import class_scores
 
 KIND = "tagger"
 
@@ -42,24 +43,14 @@ def tag_tokens(model: nn.Module, vocab: TokenVocab, tags: list[str], sentences: 
 
 
 def score(truth: Sequence[np.ndarray], pred: Sequence[np.ndarray], tags: list[str]) -> dict:
-    """Step accuracy, sentence accuracy, macro F1 and each tag's precision / recall / F1 / support."""
-    y, p = np.concatenate(truth), np.concatenate(pred)
-    k = len(tags)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y, p), 1)
-    hit = np.diag(confusion).astype(np.float64)
-    support, predicted = confusion.sum(1), confusion.sum(0)
-    precision = np.divide(hit, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(hit, support, out=np.zeros(k), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0)
-    seen = (support > 0) | (predicted > 0)
+    """Step accuracy, sentence accuracy, macro F1 and each tag's precision / recall / F1 / support (the tags that
+    occur in the test or are predicted there)."""
+    scores = class_scores(np.concatenate(truth), np.concatenate(pred), tags)
+    per_tag = {t: r for t, r in scores["per_class"].items() if r["support"] or r["precision"] is not None}
     return {
-        "accuracy": float(hit.sum() / len(y)),
+        "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
         "sentence_accuracy": float(np.mean([np.array_equal(a, b) for a, b in zip(truth, pred, strict=True)])),
-        "macro_f1": float(f1[seen].mean()),
-        "per_tag": {tags[i]: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                              "support": int(support[i])} for i in range(k) if seen[i]},
-        "test_steps": int(len(y)), "test_sentences": len(truth),
+        "per_tag": per_tag, "test_steps": int(sum(len(t) for t in truth)), "test_sentences": len(truth),
     }
 
 

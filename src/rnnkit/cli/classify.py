@@ -171,6 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit.checkpoint import check_writable
     from rnnkit.data.classification import ClassificationSpec, load_classification
     from rnnkit.plots import plot_confusion
+    from rnnkit.scores import class_scores
     from rnnkit.train.batches import predict
 
     model, vocab, config = _load(args)
@@ -181,10 +182,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = next(model.parameters()).device
     pred = predict(model, data.test, device).argmax(-1).numpy()
     truth = data.test.targets
-    k = len(data.classes)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (truth, pred), 1)
-    accuracy = float(np.mean(pred == truth))
+    scores = class_scores(truth, pred, data.classes)
+    accuracy = scores["accuracy"]
     train_y = np.concatenate([data.train.targets, data.val.targets])
     baselines = {}
     if not args.no_baselines:
@@ -194,10 +193,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             train_x = [*data.train.inputs, *data.val.inputs]
             baselines["minirocket"] = minirocket_accuracy(train_x, train_y, data.test.inputs, truth)
-    plot_confusion(confusion, data.classes, png, title=f"test accuracy {accuracy:.4f} ({len(truth):,} examples)")
-    per_class = {c: float(confusion[i, i] / max(confusion[i].sum(), 1)) for i, c in enumerate(data.classes)}
+    plot_confusion(np.array(scores["confusion"]), data.classes, png,
+                   title=f"test accuracy {accuracy:.4f} ({len(truth):,} examples)")
+    # per_class_recall: None for a class with no test examples (a --test-data file without it), not a miss
     result = {"accuracy": accuracy, "baseline_accuracy": max(baselines.values()) if baselines else None,
-              "baselines": baselines, "test_examples": int(len(truth)), "per_class_recall": per_class,
+              "baselines": baselines, "test_examples": int(len(truth)), "macro_f1": scores["macro_f1"],
+              "per_class_recall": {c: r["recall"] for c, r in scores["per_class"].items()},
+              "per_class": scores["per_class"], "confusion": scores["confusion"],
               "confusion_png": str(png), "weights": args.weights}
     if args.json:
         print(json.dumps(result))
