@@ -58,6 +58,53 @@ def test_beam_search_scores_are_true_scores(alpha):
     assert wide[0][1] == pytest.approx(best, abs=1e-4)
 
 
+@torch.no_grad()
+def beam_without_early_stop(lm, prompt, max_length, beam_size, end, alpha) -> list[tuple[list[int], float]]:
+    """The beam search written plainly, each beam's next distribution from a forward pass over prompt + beam, and
+    run to ``max_length`` however many beams have finished: the early stop may only save work, never change this."""
+    live: list[tuple[list[int], float]] = [([], 0.0)]
+    finished: list[tuple[list[int], float]] = []
+    for t in range(max_length):
+        candidates = []
+        for seq, score in live:
+            logp = lm(torch.tensor([prompt + seq])).logits[0, -1].double().log_softmax(-1)
+            candidates += [(seq + [tok], score + float(lp)) for tok, lp in enumerate(logp)]
+        candidates.sort(key=lambda c: -c[1])
+        live = []
+        for seq, score in candidates[: 2 * beam_size]:
+            if seq[-1] == end:
+                finished.append((seq, score / length_penalty(t + 1, alpha)))
+            elif len(live) < beam_size:
+                live.append((seq, score))
+        finished = sorted(finished, key=lambda f: -f[1])[:beam_size]
+        if not live:
+            break
+    unfinished = [(s, sc / length_penalty(len(s), alpha)) for s, sc in live]
+    return sorted(finished + unfinished, key=lambda f: -f[1])[:beam_size]
+
+
+def test_the_early_stop_does_not_drop_a_longer_beam_the_length_penalty_favours():
+    """With alpha > 0 a live beam's bound is its score over the penalty at ``max_length``, not at its length now:
+    here the second beam is a longer one that a bound at the current length would have stopped before reaching."""
+    bound = make("lstm", "both", "label", vocab_size=3, scale=2.0, seed=4).bind(1)
+    found = beam_search(bound, [0], 6, beam_size=2, end=0, alpha=2.0)
+    assert [s for s, _ in found] == [s for s, _ in beam_without_early_stop(bound, [0], 6, 2, 0, 2.0)]
+    assert found[1][0] == [1, 2, 2, 2, 0]
+    assert found[1][1] == pytest.approx(sequence_logprob(bound, [0], [1, 2, 2, 2, 0]) / length_penalty(5, 2.0),
+                                        abs=1e-4)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, 2.0])
+def test_narrow_beams_equal_the_search_without_early_stop(alpha):
+    for seed in range(6):
+        bound = make("lstm", "both", "label", vocab_size=3, scale=2.0, seed=seed).bind(seed % 3)
+        for width in (1, 2, 3):
+            found = beam_search(bound, [0], 6, beam_size=width, end=0, alpha=alpha)
+            expected = beam_without_early_stop(bound, [0], 6, width, 0, alpha)
+            assert [s for s, _ in found] == [s for s, _ in expected], (seed, width)
+            assert [sc for _, sc in found] == pytest.approx([sc for _, sc in expected], abs=1e-4)
+
+
 def test_beam_of_one_without_end_is_greedy():
     model = make("lstm", "both", "mlp", seed=4)
     cond = conditions("mlp", 1)[0]

@@ -261,6 +261,33 @@ def test_prune_skips_unlikely_classes():
     assert set(kept) <= set(torch.nonzero(lp.exp() >= 0.2)[:, 1].tolist())
 
 
+def test_prune_keeps_a_class_exactly_at_the_threshold():
+    """Classes *below* ``prune`` are skipped: one exactly at it is kept."""
+    lp = torch.tensor([[0.25, 0.5, 0.25]], dtype=torch.float64).log()
+    at = float(lp[0, 1])
+    assert at == math.log(0.5)
+    assert beam_decode(lp, prune=at) == [[1]]
+    assert beam_decode(lp, prune=math.nextafter(at, 0.0)) == [[]]  # just above it: nothing may be appended
+
+
+def test_a_language_model_at_weight_zero_is_never_asked():
+    """``lm_weight=0`` is the search without an LM, even for an LM whose rows hold -inf (0 * -inf would be NaN)."""
+    gen = torch.Generator().manual_seed(3)
+    lp = random_log_probs(6, 5, gen, scale=2.0)
+    calls = []
+
+    def never(prefix):
+        calls.append(prefix)
+        return torch.tensor([0.0, float("-inf"), 0.0, float("-inf"), 0.0])
+
+    for beam in (1, 4):
+        plain = prefix_beam_search(lp, beam=beam)
+        off = prefix_beam_search(lp, beam=beam, lm=never, lm_weight=0.0, lm_end=True)
+        assert off == plain
+        assert beam_decode(lp, beam=beam, lm=never, lm_weight=0.0) == beam_decode(lp, beam=beam)
+    assert calls == []
+
+
 # --- edit distance and error rates ----------------------------------------------------------------------------
 
 
@@ -282,6 +309,9 @@ def test_error_rates_hand_worked():
     assert empty == {"cer": 1.0, "wer": 1.0, "chars": 11, "words": 2}
     assert error_rates(["a  b\tc "], [" a b c"]) == {"cer": pytest.approx(2 / 6), "wer": 0.0, "chars": 6,
                                                      "words": 3}
+    # characters are counted on each line stripped of its leading and trailing whitespace
+    assert error_rates([" ab "], ["ab"]) == {"cer": 0.0, "wer": 0.0, "chars": 2, "words": 1}
+    assert error_rates(["ab"], ["\tab  "]) == {"cer": 0.0, "wer": 0.0, "chars": 2, "words": 1}
 
 
 def test_error_rates_are_corpus_level_not_a_mean_of_lines():

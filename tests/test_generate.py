@@ -157,6 +157,16 @@ def test_filter_top_p_keeps_the_smallest_prefix_reaching_p(p):
         assert probs[list(expected)].sum() - probs[list(expected)].min() < p
 
 
+def test_filter_top_p_at_exactly_a_cumulative_sum_stops_there():
+    """Two equal logits: the first token alone holds exactly p = 0.5, so the smallest prefix reaching p is it."""
+    logits = torch.zeros(3, 2, dtype=torch.float64)
+    assert logits.softmax(-1)[0, 0].item() == 0.5
+    kept = _kept(filter_logits(logits, top_p=0.5))
+    assert [len(k) for k in kept] == [1, 1, 1]
+    quarters = torch.zeros(1, 4)  # 0.25 each: 0.75 is reached by three tokens, not four
+    assert len(_kept(filter_logits(quarters, top_p=0.75))[0]) == 3
+
+
 def test_filter_top_p_one_and_large_k_keep_everything():
     logits = torch.randn(4, 9, dtype=torch.float64)
     assert torch.equal(filter_logits(logits, top_p=1.0), logits)
@@ -257,6 +267,28 @@ def test_generate_leaves_parameters_untouched(model):
     generate(model, [1, 2, 3], 20, temperature=1.0, seed=0)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_model_in_training_mode_samples_as_in_eval_mode_and_stays_in_training(cell):
+    """Dropout (between layers and before the head) and weight drop act only in training: generate samples with them
+    off, and gives the model back in the mode it came in."""
+    torch.manual_seed(1)
+    model = LanguageModel(LanguageModelConfig(vocab_size=V, cell=cell, hidden_size=16, num_layers=2,
+                                              embedding_size=8, dropout=0.5, weight_drop=0.5))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.6)
+    model.double().eval()
+    prompt = [1, 4, 1, 5, 9, 2, 6]
+    expected = greedy_by_hand(model, prompt, 30)
+    model.train()
+    for _ in range(3):
+        assert generate(model, prompt, 30, temperature=0)[0].tolist() == expected
+        assert model.training
+    assert generate(model, prompt, 30, temperature=1.0, seed=4).equal(
+        generate(model.eval(), prompt, 30, temperature=1.0, seed=4))
+    assert not model.training
 
 
 # -- the sampling distribution -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 from conftest import require_tool, torch_threads
 from test_cli import SMALL, run
 
+from rnnkit import generate as generate_module
 from rnnkit import native
 from rnnkit.errors import ConfigError
 from rnnkit.generate import NATIVE_CHUNK, NATIVE_MAX_BATCH, FastStepper, filter_logits, generate, next_token
@@ -271,6 +272,18 @@ def test_generate_samples_through_the_kernels_in_chunks(monkeypatch):
     generate(model, [1], 30, seed=0, native=False)
     generate(model.double(), [1], 30, seed=0)
     assert calls == []
+
+
+def test_the_chunk_size_does_not_change_a_seeded_draw(monkeypatch):
+    """Each chunk starts from the last token of the one before: a seeded draw over several chunks of 64 equals the
+    same draw in chunks of 5 (the same uniforms, in the same order)."""
+    model = lstm_model()
+    length = 1 + 2 * NATIVE_CHUNK + 5
+    a = generate(model, [4], length, temperature=1.0, seed=5, num_samples=3)
+    monkeypatch.setattr(generate_module, "NATIVE_CHUNK", 5)
+    b = generate(model, [4], length, temperature=1.0, seed=5, num_samples=3)
+    assert torch.equal(a, b)
+    assert len(set(a.flatten().tolist())) > 3  # really sampled, not locked onto one token
 
 
 def test_int8_generate_stays_on_the_fp32_chain_for_a_while():

@@ -30,6 +30,24 @@ def test_value_and_gradient_match_autograd(monkeypatch, shape, ar, tar, block):
     assert torch.autograd.gradcheck(lambda t: activation_penalty(t, ar, tar), (y,))
 
 
+@pytest.mark.parametrize("shape, block", [((5, 3, 4), 24), ((7, 4, 3), 36), ((5, 3, 4), 59)])
+@pytest.mark.parametrize("ar,tar", [(2.0, 1.0), (0.0, 1.5), (3.0, 0.0)])
+def test_blocks_of_several_rows_match_autograd(monkeypatch, shape, block, ar, tar):
+    """Blocks of 2 rows (2, 2, 1), of 3 rows (3, 3, 1) and of 4 rows (4, 1): every row in exactly one block."""
+    monkeypatch.setattr(penalty_module, "BLOCK", block)
+    rows = block // (shape[1] * shape[2])
+    assert 1 < rows < shape[0]
+    blocks = [list(range(shape[0]))[s] for s in penalty_module._blocks(torch.empty(shape))]
+    assert sum(blocks, []) == list(range(shape[0])) and len(blocks[0]) == rows  # each row once, several per block
+    y = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    got = activation_penalty(y, ar, tar)
+    want = reference(y, ar, tar)
+    torch.testing.assert_close(got, want)
+    (grad,) = torch.autograd.grad(got * 1.7, y)
+    (expected,) = torch.autograd.grad(want * 1.7, y)
+    torch.testing.assert_close(grad, expected)
+
+
 def test_low_precision_inputs_are_summed_in_fp32():
     """bf16 outputs (autocast) give an fp32 penalty and a bf16 gradient, as the tensor formula does."""
     y32 = torch.randn(8, 50, 16) * 3

@@ -168,7 +168,10 @@ def test_non_finite_padding_changes_nothing(cell, path):
 
 
 # -- the two paths -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])
+SHORT = [2, 3, 1]  # no row fills the T steps: the output must still be (B, T, D*H), zero past step 3
+
+
+@pytest.mark.parametrize("lengths", [None, LENGTHS, SHORT], ids=["full", "lengths", "all-short"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_fused_equals_explicit(cell, bidirectional, lengths):
@@ -176,10 +179,13 @@ def test_fused_equals_explicit(cell, bidirectional, lengths):
     explicit = make(cell, "explicit", 2, bidirectional)
     explicit.load_torch_state_dict(fused.torch_state_dict())
     x, state = inputs(), random_state(fused)
-    assert_same(
-        outputs_and_grads(fused, list(fused.parameters()), x, state, lengths),
-        outputs_and_grads(explicit, list(explicit.parameters()), x, state, lengths),
-    )
+    results = [outputs_and_grads(fused, list(fused.parameters()), x, state, lengths),
+               outputs_and_grads(explicit, list(explicit.parameters()), x, state, lengths)]
+    for y, _, _ in results:
+        assert y.shape == (B, T, fused.num_directions * H)
+        if lengths is not None:
+            assert not y[:, max(lengths):].any()
+    assert_same(*results)
 
 
 @pytest.mark.parametrize("lengths", [None, LENGTHS], ids=["full", "lengths"])

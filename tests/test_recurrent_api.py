@@ -64,6 +64,47 @@ def test_from_torch_refuses_projection():
         Recurrent.from_torch(nn.LSTM(C, H, proj_size=2))
 
 
+@pytest.mark.parametrize(
+    "module",
+    [
+        lambda: nn.LSTM(C, H, 2, batch_first=True, dropout=0.3),
+        lambda: nn.GRU(C, H, 3, batch_first=True, dropout=0.25, bidirectional=True, bias=False),
+    ],
+    ids=["lstm", "gru"],
+)
+def test_from_torch_keeps_the_whole_configuration(module):
+    """Inter-layer dropout included: a converted layer that lost it would train differently from the module."""
+    module = module()
+    layer = Recurrent.from_torch(module)
+    config = ("input_size", "hidden_size", "num_layers", "bidirectional", "bias", "dropout")
+    assert [getattr(layer, k) for k in config] == [getattr(module, k) for k in config]
+    back = layer.to_torch()
+    assert [getattr(back, k) for k in config] == [getattr(module, k) for k in config]
+    x = torch.randn(B, T, C)
+    layer.train()
+    assert not torch.allclose(layer(x)[0], layer(x)[0])  # the dropout acts in training
+
+
+def test_torch_cells_are_for_unidirectional_layers_only():
+    assert Recurrent("lstm", C, H, bidirectional=True).torch_cells() is None
+    assert Recurrent("gru", C, H, 2, bidirectional=True).torch_cells() is None
+    cells = Recurrent("lstm", C, H, 2).torch_cells()
+    assert [type(c) for c in cells] == [nn.LSTMCell, nn.LSTMCell]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_init_state_gives_each_layer_its_own_storage(cell):
+    """The zero state is (L*D, B, H), contiguous (cuDNN takes no strided hx), and one layer's part written in place
+    leaves the others alone."""
+    layer = Recurrent(cell, C, H, 2, bidirectional=True)
+    state = layer.init_state(B)
+    for part in as_tuple(state):
+        assert part.shape == (4, B, H) and part.is_contiguous() and not part.any()
+        part[0].add_(1)
+        assert not part[1:].any()
+        assert part[0].eq(1).all()
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_to_torch_reproduces_the_layer(cell):
     layer = make(cell, "explicit", 2, True)
