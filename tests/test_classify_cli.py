@@ -71,9 +71,12 @@ def test_text_train_writes_a_run(text_run):
 def test_eval_json_matches_a_manual_evaluation(text_run, capsys, tmp_path):
     run_dir, _ = text_run
     png = tmp_path / "confusion.png"
-    code, out, err = run(capsys, "classify", "eval", run_dir, "--json", "--confusion-png", png)
+    predictions = tmp_path / "predictions.jsonl"
+    code, out, err = run(capsys, "classify", "eval", run_dir, "--json", "--confusion-png", png,
+                         "--predictions", predictions)
     assert code == 0, err
     result = json.loads(out)
+    assert result["predictions"] == str(predictions)
     assert set(result) >= {"accuracy", "baseline_accuracy", "baselines", "test_examples", "per_class_recall"}
     assert set(result["baselines"]) == {"majority", "tfidf_logreg"}
     assert result["baseline_accuracy"] == max(result["baselines"].values())
@@ -98,6 +101,10 @@ def test_eval_json_matches_a_manual_evaluation(text_run, capsys, tmp_path):
     assert result["macro_f1"] == pytest.approx(metrics.f1_score(data.test.targets, pred, average="macro"))
     assert result["confusion"] == metrics.confusion_matrix(data.test.targets, pred, labels=labels).tolist()
     assert [result["per_class"][c]["support"] for c in data.classes] == np.bincount(data.test.targets).tolist()
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    assert [r["input"] for r in rows] == data.test_texts
+    assert [r["truth"] for r in rows] == [data.classes[t] for t in data.test.targets]
+    assert [r["prediction"] for r in rows] == [data.classes[p] for p in pred]
     code, out, _ = run(capsys, "classify", "eval", run_dir, "--no-baselines", "--weights", "last")
     assert code == 0 and "test accuracy" in out and "baseline" not in out
     assert (run_dir / "confusion.png").read_bytes()[:8] == PNG

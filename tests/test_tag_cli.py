@@ -17,7 +17,7 @@ from rnnkit.checkpoint import CONFIG, MODEL, load_weights
 from rnnkit.cli import main
 from rnnkit.data.labeled import TokenVocab
 from rnnkit.data.tagging import TaggingSpec, derive, load_tagging
-from rnnkit.tagging import evaluate, tag_tokens
+from rnnkit.tagging import evaluate, predict_tags, tag_tokens
 
 SMALL = ["--hidden-size", "32", "--embedding-size", "16", "--batch-size", "32", "--lr", "5e-3", "--quiet",
          "--device", "cpu"]
@@ -54,8 +54,9 @@ def test_train_writes_a_run_that_learned(spaces_run, english):
     assert len(val) == 3 and val[-1] > 0.85  # about 0.80 of the characters end no word
 
 
-def test_eval_json_is_the_library_score_and_beats_the_per_character_baseline(spaces_run, capsys):
-    code, out, err = run(capsys, "tag", "eval", spaces_run, "--json")
+def test_eval_json_is_the_library_score_and_beats_the_per_character_baseline(spaces_run, capsys, tmp_path):
+    predictions = tmp_path / "tags.jsonl"
+    code, out, err = run(capsys, "tag", "eval", spaces_run, "--json", "--predictions", predictions)
     assert code == 0, err
     result = json.loads(out)
     model, config = load_weights(spaces_run, kind="tagger")
@@ -69,6 +70,10 @@ def test_eval_json_is_the_library_score_and_beats_the_per_character_baseline(spa
     assert result["task"] == "spaces" and result["weights"] == "best"
     assert result["test_sentences"] == len(data.test) and result["test_steps"] == sum(map(len, data.test.inputs))
     assert result["macro_f1"] > result["baselines"]["most_frequent_tag"]["macro_f1"] + 0.1
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    assert [r["tokens"] for r in rows] == data.test_tokens
+    assert [r["truth"] for r in rows] == [[data.tags[t] for t in y] for y in data.test.targets]
+    assert [r["prediction"] for r in rows] == [[data.tags[t] for t in p] for p in predict_tags(model, data.test)]
     code, out, _ = run(capsys, "tag", "eval", spaces_run, "--no-baselines")
     assert code == 0 and "RNN tagger" in out and "most frequent" not in out
 

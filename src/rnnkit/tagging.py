@@ -55,12 +55,13 @@ def score(truth: Sequence[np.ndarray], pred: Sequence[np.ndarray], tags: list[st
 
 
 def evaluate(model: nn.Module, data: TaggingData, device: str | torch.device = "cpu",
-             with_baselines: bool = True) -> dict:
-    """The model's test score, and each baseline's accuracy and macro F1 on the same sentences."""
+             with_baselines: bool = True, pred: list[np.ndarray] | None = None) -> dict:
+    """The model's test score, and each baseline's accuracy and macro F1 on the same sentences. ``pred``: the
+    model's tags for the test sentences (``predict_tags``), when the caller has them already."""
     from rnnkit.baselines.tag import maxent_tags, most_frequent_tag
 
     truth = data.test.targets
-    result = score(truth, predict_tags(model, data.test, device), data.tags)
+    result = score(truth, predict_tags(model, data.test, device) if pred is None else pred, data.tags)
     if with_baselines:
         train_tags = [*data.train.targets, *data.val.targets]
         result["baselines"] = {}

@@ -54,6 +54,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confusion-png", type=output_file(".png"), metavar="FILE",
                    help="where to draw the confusion matrix (default: RUN_DIR/confusion.png)")
     p.add_argument("--no-baselines", action="store_true", help="skip the classical baselines")
+    p.add_argument("--predictions", type=output_file(".jsonl"), metavar="FILE",
+                   help="write each test example (its text, or its index for series), true class and predicted "
+                        "class, one JSON object a line")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -168,7 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rnnkit.baselines.classify import majority_accuracy, minirocket_accuracy, tfidf_accuracy
-    from rnnkit.checkpoint import check_writable
+    from rnnkit.checkpoint import atomic_write, check_writable
     from rnnkit.data.classification import ClassificationSpec, load_classification
     from rnnkit.plots import plot_confusion
     from rnnkit.scores import class_scores
@@ -176,7 +179,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     model, vocab, config = _load(args)
     png = args.confusion_png or args.run_dir / "confusion.png"
-    check_writable(png)  # before the scoring: a read-only run directory fails now, not after it
+    for path in (png, args.predictions):  # before the scoring: a read-only run directory fails now, not after it
+        if path is not None:
+            check_writable(path)
     spec = ClassificationSpec(**config["data"]["spec"])
     data = load_classification(spec, vocab, config["classes"], verify=True)
     device = next(model.parameters()).device
@@ -201,6 +206,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "per_class_recall": {c: r["recall"] for c, r in scores["per_class"].items()},
               "per_class": scores["per_class"], "confusion": scores["confusion"],
               "confusion_png": str(png), "weights": args.weights}
+    if args.predictions:
+        inputs = data.test_texts if data.test_texts is not None else range(len(truth))
+        rows = [json.dumps({"input": x, "truth": data.classes[t], "prediction": data.classes[p]}, ensure_ascii=False)
+                for x, t, p in zip(inputs, truth.tolist(), pred.tolist(), strict=True)]
+        atomic_write(args.predictions, ("\n".join(rows) + "\n").encode("utf-8"))
+        result["predictions"] = str(args.predictions)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -208,6 +219,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name, acc in baselines.items():
         print(f"  baseline {name}: {acc:.4f} ({'beaten' if accuracy > acc else 'NOT beaten'})")
     print(f"confusion matrix: {png}")
+    if args.predictions:
+        print(f"predictions: {args.predictions}")
     return 0
 
 

@@ -19,7 +19,7 @@ from rnnkit.cli.common import (
     stdin_lines,
     stopped,
 )
-from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, seed
+from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError
 
 KIND = "tagger"
@@ -64,6 +64,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--no-baselines", action="store_true", help="skip the classical baselines")
+    p.add_argument("--predictions", type=output_file(".jsonl"), metavar="FILE",
+                   help="write each test sentence's tokens, true tags and predicted tags, one JSON object a line")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -143,13 +145,24 @@ def _load(args: argparse.Namespace):
 
 # -- eval ----------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import atomic_write, check_writable
     from rnnkit.data.tagging import TaggingSpec, load_tagging
-    from rnnkit.tagging import evaluate
+    from rnnkit.tagging import evaluate, predict_tags
 
     model, vocab, config = _load(args)
+    if args.predictions:
+        check_writable(args.predictions)  # before the scoring, which takes a while with the baselines
     data = load_tagging(TaggingSpec(**config["data"]["spec"]), vocab, config["tags"], verify=True)
-    result = {**evaluate(model, data, next(model.parameters()).device, not args.no_baselines),
-              "task": data_task(config), "weights": args.weights}
+    device = next(model.parameters()).device
+    pred = predict_tags(model, data.test, device)
+    result = {**evaluate(model, data, device, not args.no_baselines, pred), "task": data_task(config),
+              "weights": args.weights}
+    if args.predictions:
+        rows = [json.dumps({"tokens": tokens, "truth": [data.tags[t] for t in truth],
+                            "prediction": [data.tags[t] for t in guess]}, ensure_ascii=False)
+                for tokens, truth, guess in zip(data.test_tokens, data.test.targets, pred, strict=True)]
+        atomic_write(args.predictions, ("\n".join(rows) + "\n").encode("utf-8"))
+        result["predictions"] = str(args.predictions)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -160,6 +173,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{name:<24} {r['accuracy']:9.4f} {r['macro_f1']:9.4f} {r['sentence_accuracy']:10.4f}")
     worst = sorted(result["per_tag"].items(), key=lambda kv: kv[1]["f1"])[:5]
     print("lowest F1: " + ", ".join(f"{tag} {r['f1']:.3f} ({r['support']})" for tag, r in worst))
+    if args.predictions:
+        print(f"predictions: {args.predictions}")
     return 0
 
 
