@@ -46,6 +46,15 @@ def test_train_eval_predict(tmp_path, capsys, csv_series):
     for key in ("mase", "mase_seasonal_naive", "mase_arima", "mae", "rmse", "mae_arima", "rmse_seasonal_naive"):
         assert np.isfinite(result[key]), key
     assert result["test_size"] == 12 and result["mase_period"] == 12
+    sales = [float(line.split(",")[2]) for line in csv_series.read_text().splitlines()[1:]]
+    truth = np.array(result["truth"])
+    assert truth.tolist() == pytest.approx(sales[-12:])  # the values it reports, checked with NumPy
+    for key in ("", "_naive", "_seasonal_naive", "_arima"):
+        forecast = np.array(result[f"forecast{key}"])
+        assert forecast.shape == (12,)
+        assert result[f"mae{key}"] == pytest.approx(np.mean(np.abs(forecast - truth)))
+        assert result[f"rmse{key}"] == pytest.approx(np.sqrt(np.mean((forecast - truth) ** 2)))
+    assert result["forecast_seasonal_naive"] == pytest.approx(sales[-24:-12])  # the training part's last season
     assert (out / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, text, _ = run(capsys, "forecast", "eval", out)
     assert code == 0 and "seasonal naive (period 12)" in text

@@ -17,6 +17,7 @@ from test_classify_cli import assert_user_error
 from test_cli import run
 
 from rnnkit.checkpoint import CONFIG, MODEL, TRAINER_STATE, load_weights
+from rnnkit.ctc import error_rates
 from rnnkit.data.recognition import load_recognition
 
 SMALL = ["--hidden-size", "32", "--num-layers", "1", "--conv-channels", "8", "--batch-size", "16", "--quiet",
@@ -46,13 +47,19 @@ def test_train_writes_a_run_that_loads(run_dir, hw_dataset):
 
 
 def test_eval_json_scores_test_and_the_seen_hands(run_dir, capsys, tmp_path):
-    png = tmp_path / "align.png"
-    code, out, err = run(capsys, "recognize", "eval", run_dir, "--json", "--png", png, "--device", "cpu")
+    png, predictions = tmp_path / "align.png", tmp_path / "test.jsonl"
+    code, out, err = run(capsys, "recognize", "eval", run_dir, "--json", "--png", png, "--device", "cpu",
+                         "--predictions", predictions)
     assert code == 0, err
     result = json.loads(out)
     assert result["split"] == "test" and result["lines"] == 40 and result["lines_test_seen"] == 40
     for key in ("cer", "wer", "cer_test_seen", "wer_test_seen", "loss"):
         assert result[key] >= 0
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 40 and all(set(r) == {"condition", "truth", "prediction"} for r in rows)
+    # the file's transcripts give the reported error rates (the library's own scoring of them)
+    assert error_rates([r["truth"] for r in rows], [r["prediction"] for r in rows])["cer"] == \
+        pytest.approx(result["cer"])
     assert Image.open(png).size[0] > 100
     code, out, err = run(capsys, "recognize", "eval", run_dir, "--split", "val", "--beam", "4", "--json")
     assert code == 0, err

@@ -147,12 +147,15 @@ def _key(spanish: str) -> str:
     return " ".join(unicodedata.normalize("NFC", spanish).lower().split())
 
 
-def test_eval_reports_sacrebleu_on_the_crc32_test_split(run_dir, pairs, capsys):
+def test_eval_reports_sacrebleu_on_the_crc32_test_split(run_dir, pairs, capsys, tmp_path):
     sacrebleu = pytest.importorskip("sacrebleu")
+    predictions = tmp_path / "test.jsonl"
     code, out, err = run(capsys, "translate", "eval", run_dir, "--json", "--beam", 3, "--examples", 10_000,
-                         "--device", "cpu")
+                         "--device", "cpu", "--predictions", predictions)
     assert code == 0, err
     result = json.loads(out)
+    assert [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()] == \
+        result["examples"]  # every test pair, as --examples above the count lists them
     assert {"bleu", "bleu_greedy", "bleu_beam", "examples", "test_pairs"} <= set(result)
     assert result["bleu"] == result["bleu_beam"] and result["beam_size"] == 3
     # the test split: every pair whose Spanish hashes (CRC32) into the first 5 of 100 buckets

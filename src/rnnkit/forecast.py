@@ -124,7 +124,8 @@ def forecast(model, history: np.ndarray, lookback: int, device: str | torch.devi
 def evaluate(model, config: dict, series: Series, device: str | torch.device = "cpu", plot: Path | None = None,
              with_baselines: bool = True) -> dict:
     """The model's test-part forecast scored (MASE, MAE, RMSE) beside the naive, seasonal-naive and ARIMA
-    forecasts; a PNG of history, truth and forecasts when ``plot`` is given."""
+    forecasts, with the values themselves (``truth``, ``forecast``, ``forecast_<baseline>``); a PNG of history,
+    truth and forecasts when ``plot`` is given."""
     from rnnkit.baselines.forecast import baselines, scores
 
     dc = ForecastDataConfig(**config["data"]["split"])
@@ -132,12 +133,13 @@ def evaluate(model, config: dict, series: Series, device: str | torch.device = "
     truth, history = test[:, 0], train[:, 0]
     ours = forecast(model, train, dc.lookback, device)[:dc.test_size]
     result = {**scores(history, truth, ours, dc.mase_period), "test_size": dc.test_size,
-              "mase_period": dc.mase_period, "period": dc.period}
+              "mase_period": dc.mase_period, "period": dc.period, "truth": truth.tolist(), "forecast": ours.tolist()}
     lines = {"RNN": ours}
     if with_baselines:
         base = baselines(history, truth, dc.period, dc.mase_period, dc.data)
         for key, b in base.items():
             result.update({f"{s}_{key}": b[s] for s in ("mase", "mae", "rmse")})
+            result[f"forecast_{key}"] = np.asarray(b["forecast"], dtype=np.float64).tolist()
         result["arima_model"] = base["arima"]["model"]
         lines.update({"seasonal naive": base["seasonal_naive"]["forecast"], base["arima"]["model"]:
                       base["arima"]["forecast"]})

@@ -7,7 +7,18 @@ import json
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, budget, info, new_run_dir, start_run, stdin_lines, stopped
+from rnnkit.cli.common import (
+    add_load_args,
+    add_predictions_arg,
+    add_run_args,
+    budget,
+    info,
+    new_run_dir,
+    start_run,
+    stdin_lines,
+    stopped,
+    write_jsonl,
+)
 from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
 from rnnkit.errors import ConfigError, CorpusError
 
@@ -54,9 +65,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--confusion-png", type=output_file(".png"), metavar="FILE",
                    help="where to draw the confusion matrix (default: RUN_DIR/confusion.png)")
     p.add_argument("--no-baselines", action="store_true", help="skip the classical baselines")
-    p.add_argument("--predictions", type=output_file(".jsonl"), metavar="FILE",
-                   help="write each test example (its text, or its index for series), true class and predicted "
-                        "class, one JSON object a line")
+    add_predictions_arg(p, "each test example (its text, or its index for series), true class and predicted class")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -171,7 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import numpy as np
 
     from rnnkit.baselines.classify import majority_accuracy, minirocket_accuracy, tfidf_accuracy
-    from rnnkit.checkpoint import atomic_write, check_writable
+    from rnnkit.checkpoint import check_writable
     from rnnkit.data.classification import ClassificationSpec, load_classification
     from rnnkit.plots import plot_confusion
     from rnnkit.scores import class_scores
@@ -208,9 +217,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "confusion_png": str(png), "weights": args.weights}
     if args.predictions:
         inputs = data.test_texts if data.test_texts is not None else range(len(truth))
-        rows = [json.dumps({"input": x, "truth": data.classes[t], "prediction": data.classes[p]}, ensure_ascii=False)
-                for x, t, p in zip(inputs, truth.tolist(), pred.tolist(), strict=True)]
-        atomic_write(args.predictions, ("\n".join(rows) + "\n").encode("utf-8"))
+        write_jsonl(args.predictions, ({"input": x, "truth": data.classes[t], "prediction": data.classes[p]}
+                                       for x, t, p in zip(inputs, truth.tolist(), pred.tolist(), strict=True)))
         result["predictions"] = str(args.predictions)
     if args.json:
         print(json.dumps(result))

@@ -16,6 +16,23 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
+def add_predictions_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """``--predictions FILE.jsonl`` for an eval verb: ``what`` it writes for every test example."""
+    from rnnkit.cliargs import output_file
+
+    p.add_argument("--predictions", type=output_file(".jsonl"), metavar="FILE",
+                   help=f"write {what}, one JSON object a line (checked writable before the scoring)")
+
+
+def write_jsonl(path: Path, rows) -> None:
+    """``rows`` (dicts) as JSON lines, written atomically."""
+    import json
+
+    from rnnkit.checkpoint import atomic_write
+
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8"))
+
+
 def add_run_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     """``--out``, ``--resume`` and ``--quiet`` for verbs that train into a run directory."""
     p.add_argument("--out", type=Path, help=f"run directory to create (default: runs/{prefix}<date-time>)")

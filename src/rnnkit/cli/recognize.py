@@ -9,7 +9,18 @@ import time
 from pathlib import Path
 
 from rnnkit import __version__
-from rnnkit.cli.common import add_load_args, add_run_args, budget, info, new_run_dir, resumed_config, start_run, stopped
+from rnnkit.cli.common import (
+    add_load_args,
+    add_predictions_arg,
+    add_run_args,
+    budget,
+    info,
+    new_run_dir,
+    resumed_config,
+    start_run,
+    stopped,
+    write_jsonl,
+)
 from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError
 
@@ -61,6 +72,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--png", type=output_file(".png"),
                    metavar="FILE", help="draw the first scored line with its best path")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_predictions_arg(p, "each line of the first split scored: its condition, truth and transcript")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -288,10 +300,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 # -- eval ----------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rnnkit.checkpoint import check_writable
     from rnnkit.data.recognition import load_recognition
     from rnnkit.recognize import transcribe
 
     _check_lm_flags(args)
+    if args.predictions:
+        check_writable(args.predictions)  # before the decoding
     model, alphabet, config, device = _load(args)
     from rnnkit.data.recognition import read_info
 
@@ -322,6 +337,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             result.update({f"{k}_{split}": v for k, v in rates.items()})
     test = data.splits[splits[0]]
+    if args.predictions:
+        write_jsonl(args.predictions, ({"condition": c, "truth": t, "prediction": p} for c, t, p in zip(
+            test.conditions or [None] * len(test), test.texts, first.texts, strict=True)))
+        result["predictions"] = str(args.predictions)
     if args.png:
         _draw(model, test, first, alphabet, data.info, args.png,
               f"{test.conditions[0]}: {first.texts[0]!r} (truth {test.texts[0]!r})")

@@ -10,6 +10,7 @@ from pathlib import Path
 from rnnkit import __version__
 from rnnkit.cli.common import (
     add_load_args,
+    add_predictions_arg,
     add_run_args,
     budget,
     info,
@@ -18,8 +19,9 @@ from rnnkit.cli.common import (
     start_run,
     stdin_lines,
     stopped,
+    write_jsonl,
 )
-from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, output_file, seed
+from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, seed
 from rnnkit.errors import ConfigError
 
 KIND = "tagger"
@@ -64,8 +66,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--no-baselines", action="store_true", help="skip the classical baselines")
-    p.add_argument("--predictions", type=output_file(".jsonl"), metavar="FILE",
-                   help="write each test sentence's tokens, true tags and predicted tags, one JSON object a line")
+    add_predictions_arg(p, "each test sentence's tokens, true tags and predicted tags")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -145,7 +146,7 @@ def _load(args: argparse.Namespace):
 
 # -- eval ----------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rnnkit.checkpoint import atomic_write, check_writable
+    from rnnkit.checkpoint import check_writable
     from rnnkit.data.tagging import TaggingSpec, load_tagging
     from rnnkit.tagging import evaluate, predict_tags
 
@@ -158,10 +159,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = {**evaluate(model, data, device, not args.no_baselines, pred), "task": data_task(config),
               "weights": args.weights}
     if args.predictions:
-        rows = [json.dumps({"tokens": tokens, "truth": [data.tags[t] for t in truth],
-                            "prediction": [data.tags[t] for t in guess]}, ensure_ascii=False)
-                for tokens, truth, guess in zip(data.test_tokens, data.test.targets, pred, strict=True)]
-        atomic_write(args.predictions, ("\n".join(rows) + "\n").encode("utf-8"))
+        write_jsonl(args.predictions, ({"tokens": tokens, "truth": [data.tags[t] for t in truth],
+                                        "prediction": [data.tags[t] for t in guess]}
+                                       for tokens, truth, guess in zip(data.test_tokens, data.test.targets, pred,
+                                                                       strict=True)))
         result["predictions"] = str(args.predictions)
     if args.json:
         print(json.dumps(result))

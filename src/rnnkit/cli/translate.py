@@ -11,6 +11,7 @@ from pathlib import Path
 from rnnkit import __version__
 from rnnkit.cli.common import (
     add_load_args,
+    add_predictions_arg,
     add_run_args,
     budget,
     info,
@@ -19,6 +20,7 @@ from rnnkit.cli.common import (
     start_run,
     stdin_lines,
     stopped,
+    write_jsonl,
 )
 from rnnkit.cliargs import Parser, add_dataclass_args, given, output_file
 from rnnkit.errors import ConfigError
@@ -68,6 +70,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.6, help="length penalty alpha (default: 0.6)")
     p.add_argument("--examples", type=int, default=10, help="test translations to print with their references")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_predictions_arg(p, "every test pair's source, reference, greedy and beam translations")
     add_load_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -201,10 +204,13 @@ def _spread(n: int, k: int) -> list[int]:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from rnnkit import translate as tr
+    from rnnkit.checkpoint import check_writable
     from rnnkit.data.translation import TranslationSpec, load_translation
 
     _check_beam(args.beam)
     model, src, tgt, config = _load(args)
+    if args.predictions:
+        check_writable(args.predictions)  # before the decoding, which takes minutes on a large test split
     data = load_translation(TranslationSpec(**config["data"]["spec"]), src, tgt, verify=True)
     if not data.test_sources:
         raise ConfigError(f"the test split of {config['data']['spec']['path']} is empty — train on more pairs or "
@@ -222,6 +228,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "greedy_s": round(t1 - t0, 1), "beam_s": round(t2 - t1, 1), "weights": args.weights,
               "examples": [{"source": data.test_sources[i], "reference": refs[i], "greedy": greedy[i],
                             "beam": beamed[i]} for i in _spread(len(refs), args.examples)]}
+    if args.predictions:
+        write_jsonl(args.predictions, ({"source": s, "reference": r, "greedy": g, "beam": b}
+                                       for s, r, g, b in zip(data.test_sources, refs, greedy, beamed, strict=True)))
+        result["predictions"] = str(args.predictions)
     if args.json:
         print(json.dumps(result, ensure_ascii=False))
         return 0
