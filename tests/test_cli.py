@@ -60,6 +60,7 @@ def test_train_sample_eval(trained, capsys, small_corpus):
     result = json.loads(out)
     assert code == 0 and set(result) >= {"val_loss", "bpc"}
     assert result["bpc"] == pytest.approx(result["val_loss"] / 0.6931471805599453)
+    assert result["perplexity"] == pytest.approx(2.718281828459045 ** result["val_loss"])
     config = json.loads((run_dir / CONFIG).read_text())
     assert config["data"]["path"] == str(small_corpus.resolve())
     code, out, _ = run(capsys, "eval", run_dir)

@@ -253,15 +253,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--dynamic-window {dynamic.window} covers the whole text ({len(tokens):,} characters), "
                           "so the model would never adapt — pass a smaller window, such as 50")
     loss = evaluate(model, tokens, config["train"]["eval_streams"], device)
-    result = {"val_loss": loss, "bpc": loss / math.log(2), "characters": int(len(tokens)) - 1,
-              "data": str(path), "split": args.split, "weights": args.weights}
+    result = {"val_loss": loss, "bpc": loss / math.log(2), "perplexity": math.exp(loss),
+              "characters": int(len(tokens)) - 1, "data": str(path), "split": args.split, "weights": args.weights}
     if dynamic is not None:
         train_ids = ids if path == trained_on else encode_file(trained_on, vocab)  # read the corpus once
         result["dynamic"] = _dynamic(model, tokens, split_tokens(train_ids)[0], device, dynamic)
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{loss:.4f} nats/char ({loss / math.log(2):.4f} bits/char) over {result['characters']:,} "
+    print(f"{loss:.4f} nats/char ({loss / math.log(2):.4f} bits/char, perplexity {math.exp(loss):.3f}) over "
+          f"{result['characters']:,} "
           f"characters ({'last 10%' if args.split == 'val' else 'all'} of {path}, {args.weights} weights)")
     if dynamic is not None:
         d = result["dynamic"]
