@@ -223,7 +223,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"test accuracy {accuracy:.4f} on {len(truth):,} examples ({args.weights} weights)")
+    print(f"test accuracy {accuracy:.4f}, macro F1 {scores['macro_f1']:.4f}, on {len(truth):,} examples "
+          f"({args.weights} weights)")
     for name, acc in baselines.items():
         print(f"  baseline {name}: {acc:.4f} ({'beaten' if accuracy > acc else 'NOT beaten'})")
     print(f"confusion matrix: {png}")
