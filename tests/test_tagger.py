@@ -73,6 +73,9 @@ def test_ignored_targets_count_for_nothing_and_shapes_are_checked():
     by_hand = torch.stack([F.cross_entropy(out.logits[i, t], y[i, t]) for i, t in rows]).mean()
     torch.testing.assert_close(out.loss, by_hand)
     assert abs(out.loss.item() - model(batch.x, None, batch.y, lengths=batch.lengths).loss.item()) > 1e-6
+    none = torch.full_like(batch.y, IGNORE_INDEX)  # a batch with no tagged step: a loss of 0, not NaN
+    empty = model(batch.x, None, none, lengths=batch.lengths).loss
+    assert empty.item() == 0.0 and empty.requires_grad
     with pytest.raises(ConfigError, match="one tag per step"):
         model(batch.x, None, batch.y[:, :3], lengths=batch.lengths)
     with pytest.raises(ConfigError, match="at least 2 tags"):
@@ -96,11 +99,32 @@ def test_read_conll_columns_comments_and_sentences(tmp_path):
     path.write_text("# newdoc\nThe\tDT\nDogs\tNNS\n\n\n1\tThe\tthe\tDET\nbark\tVBP x\tVERB\n\nRun  VB\n", "utf-8")
     with pytest.raises(CorpusError, match=r"c.conll:2 has 2 column\(s\), a CoNLL line needs 4"):
         read_conll(path, token_column=2, tag_column=4)
-    assert read_conll(path) == [(["The", "Dogs"], ["DT", "NNS"]), (["1", "bark"], ["DET", "VERB"]),
-                                (["Run"], ["VB"])]
+    assert read_conll(path, tag_column=2) == [(["The", "Dogs"], ["DT", "NNS"]), (["1", "bark"], ["The", "VBP x"]),
+                                              (["Run"], ["VB"])]  # "VBP x": a tab-separated column
+    path.write_text("# newdoc\nThe\tDT\nDogs\tNNS\n\n\nbark\tVBP\n\nRun  VB\n", "utf-8")
+    assert read_conll(path) == [(["The", "Dogs"], ["DT", "NNS"]), (["bark"], ["VBP"]), (["Run"], ["VB"])]
     conllu = tmp_path / "u.conllu"
     conllu.write_text("# sent_id = 1\n1\tDogs\tdog\tNOUN\t_\n2\tbark\tbark\tVERB\t_\n", "utf-8")
     assert read_conll(conllu, token_column=2, tag_column=4) == [(["Dogs", "bark"], ["NOUN", "VERB"])]
+    ranges = tmp_path / "ranges.conllu"  # "al" is "a" + "el": the range line is not a word; nor is an empty node
+    ranges.write_text("# text = Vamos al mar.\n1\tVamos\tir\tVERB\t_\t_\t_\t_\t_\t_\n"
+                      "2-3\tal\t_\t_\t_\t_\t_\t_\t_\t_\n2\ta\ta\tADP\t_\t_\t_\t_\t_\t_\n"
+                      "3\tel\tel\tDET\t_\t_\t_\t_\t_\t_\n3.1\tmar\t_\t_\t_\t_\t_\t_\t_\t_\n"
+                      "4\tmar\tmar\tNOUN\t_\t_\t_\t_\t_\t_\n", "utf-8")
+    assert read_conll(ranges, token_column=2, tag_column=4) == [(["Vamos", "a", "el", "mar"],
+                                                                 ["VERB", "ADP", "DET", "NOUN"])]
+    pound = tmp_path / "ptb.conll"  # the Penn Treebank's pound sign is a token, even first in a sentence
+    pound.write_text("# a comment\n#\t#\n5\tCD\n\nUS\tNNP\n#\t#\n", "utf-8")
+    assert read_conll(pound) == [(["#", "5"], ["#", "CD"]), (["US", "#"], ["NNP", "#"])]
+    with pytest.raises(CorpusError, match="both 2 — the tag needs a column of its own"):
+        read_conll(ranges, token_column=2, tag_column=2)
+    with pytest.raises(CorpusError, match="--token-column 2 is the last column"):
+        read_conll(pound, token_column=2)
+    ragged = tmp_path / "ragged.conll"
+    ragged.write_text("The\tDT\tB-NP\ndog\tNN\n", "utf-8")
+    with pytest.raises(CorpusError, match=r"ragged.conll:2 has 2 columns where earlier lines have 3"):
+        read_conll(ragged)
+    assert read_conll(ragged, tag_column=2) == [(["The", "dog"], ["DT", "NN"])]
     path.write_text("a\tB\nb\n", "utf-8")
     with pytest.raises(CorpusError, match=r"c.conll:2 has 1 column.*--task spaces\|case"):
         read_conll(path)
@@ -158,6 +182,10 @@ def test_load_errors(tmp_path):
     one_tag.write_text("".join(f"w{i}\tNN\n\n" for i in range(30)), "utf-8")
     with pytest.raises(CorpusError, match="one tag only"):
         load_tagging(TaggingSpec(str(one_tag)))
+    many = tmp_path / "many.txt"
+    many.write_text("".join(f"Sentence {i}.\n" for i in range(20)), "utf-8")
+    with pytest.raises(CorpusError, match="--max-sentences 2 leaves no room"):
+        load_tagging(TaggingSpec(str(many), task="case", max_sentences=2))
     two = tmp_path / "two.txt"
     two.write_text("One.\nTwo.\n", "utf-8")
     with pytest.raises(CorpusError, match="2 distinct sentence"):

@@ -291,9 +291,25 @@ def test_every_trained_step_is_in_one_logged_row_across_ctrl_c_and_resume(small_
     second = recording(make_trainer(make_model(len(vocab)), ids, run, max_steps=23))
     second.resume()
     assert not second.fit()["interrupted"] and second.step == 23
-    rows = [r for r in MetricsLog(run).rows() if r["loss"] is not None]
-    assert [int(r["step"]) for r in rows] == [5, 10, 13, 15, 20, 23]
+    every = MetricsLog(run).rows()
+    rows = [r for r in every if r["loss"] is not None]
+    assert [int(r["step"]) for r in rows] == [5, 10, 13, 15, 20, 23] == [int(r["step"]) for r in every]
+    assert rows[-1]["val_loss"] is not None  # the last row holds the last interval and the final validation
     edges = [0, 5, 10, 13, 15, 20, 23]
     for row, lo, hi in zip(rows, edges[:-1], edges[1:], strict=True):
         want = np.mean([losses[s] for s in range(lo + 1, hi + 1)])
         assert row["loss"] == pytest.approx(want, rel=1e-5), row  # metrics.csv keeps 6 digits
+
+
+def test_a_budget_that_ends_on_a_logging_step_logs_it_once(small_corpus, tmp_path):
+    vocab, ids = tokens_of(small_corpus, 4000)
+    trainer = make_trainer(make_model(len(vocab)), ids, tmp_path / "run", max_steps=15)  # log 5, validate 10
+    summary = trainer.fit()
+    rows = MetricsLog(tmp_path / "run").rows()
+    assert [int(r["step"]) for r in rows] == [5, 10, 15]
+    assert all(r["loss"] is not None for r in rows) and [r["val_loss"] is not None for r in rows] == [False, True, True]
+    assert rows[-1]["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
+    again = make_trainer(make_model(len(vocab)), ids, tmp_path / "run", max_steps=15)
+    again.resume()
+    assert again.fit()["step"] == 15  # the budget was spent: nothing trains, and no row is added
+    assert len(MetricsLog(tmp_path / "run").rows()) == 3

@@ -43,7 +43,7 @@ def add_run_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
 def budget(config) -> str:
     """A training config's budget in words: ``1,200 steps``, ``12 minutes``, or both (whichever ends first)."""
     parts = [f"{config.max_steps:,} steps" if config.max_steps else "",
-             f"{config.minutes:g} minutes" if config.minutes else ""]
+             f"{config.minutes:g} minute{'' if config.minutes == 1 else 's'}" if config.minutes else ""]
     return " or ".join(p for p in parts if p) + (", whichever ends first" if all(parts) else "")
 
 

@@ -4,8 +4,8 @@ Two kinds of source:
 
 - ``conll``: a CoNLL-style file, one token per line (``token<TAB>tag``, or more tab- or space-separated columns:
   the first is the token, the last the tag; CoNLL-U's FORM and UPOS are columns 2 and 4, see ``--token-column`` /
-  ``--tag-column``), a blank line between sentences, ``#`` comment lines skipped. Part-of-speech, chunk and
-  named-entity corpora come this way.
+  ``--tag-column``), a blank line between sentences, comment lines (``#`` and no tab, before a sentence) and
+  CoNLL-U's multiword ranges skipped. Part-of-speech, chunk and named-entity corpora come this way.
 - ``spaces`` and ``case``: tasks derived from plain text, one sentence a line (the first tab-separated field, so the
   English side of a Tatoeba pair file): ``spaces`` reads the characters with the spaces taken out and tags each one
   with whether a word ends after it (word segmentation); ``case`` reads the lower-cased characters and tags each one
@@ -20,6 +20,7 @@ Shape letters: N sentences, B batch, T steps (the longest sentence in the batch)
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,21 +119,35 @@ class TaggingData:
 
 # -- reading -------------------------------------------------------------------------------------------------
 def read_conll(path: str | Path, token_column: int = 1, tag_column: int = 0) -> list[tuple[list[str], list[str]]]:
-    """``[(tokens, tags), ...]`` from a CoNLL-style file (see the module docstring)."""
-    sentences, tokens, tags = [], [], []
+    """``[(tokens, tags), ...]`` from a CoNLL-style file (see the module docstring). A line that starts with ``#``
+    and holds no tab, before a sentence's first token, is a comment (``#<TAB>#`` is the Penn Treebank's pound sign,
+    a token); CoNLL-U's multiword-token ranges (``2-3``) and empty nodes (``4.1``) are skipped, as their words
+    are on the lines that follow."""
+    if token_column == tag_column:
+        raise CorpusError(f"--token-column and --tag-column are both {token_column} — the tag needs a column of its "
+                          "own")
+    sentences, tokens, tags, width = [], [], [], None
     for n, line in enumerate(read_lines(Path(path)), 1):
         if not line.strip():
             if tokens:
                 sentences.append((tokens, tags))
                 tokens, tags = [], []
             continue
-        if line.startswith("#"):
+        if line.startswith("#") and not tokens and "\t" not in line:
             continue
         cols = line.split("\t") if "\t" in line else line.split()
+        if len(cols) == 10 and re.fullmatch(r"\d+[-.]\d+", cols[0]):  # a CoNLL-U range or empty node
+            continue
         need = max(token_column, tag_column, 2)
         if len(cols) < need:
             raise CorpusError(f"{path}:{n} has {len(cols)} column(s), a CoNLL line needs {need} (token<TAB>tag) — "
                               "fix that line, or pass --task spaces|case for plain text")
+        if not tag_column and len(cols) != (width := width or len(cols)):
+            raise CorpusError(f"{path}:{n} has {len(cols)} columns where earlier lines have {width}, so 'the last' "
+                              "is not one column — pass --tag-column N")
+        if not tag_column and token_column == len(cols):
+            raise CorpusError(f"--token-column {token_column} is the last column, where the tag is read by default "
+                              "— pass --tag-column N")
         token, tag = cols[token_column - 1].strip(), cols[tag_column - 1 if tag_column else -1].strip()
         if not token or not tag:
             raise CorpusError(f"{path}:{n} has an empty token or tag — fix that line")
@@ -192,12 +207,18 @@ def load_tagging(spec: TaggingSpec, vocab: TokenVocab | None = None, tags: list[
         sentences = read_conll(path, spec.token_column, spec.tag_column)
     else:
         sentences = [derive(s, spec.task) for s in read_sentences(path)]
-    sentences = list({tuple(toks): (toks, tg) for toks, tg in reversed(sentences)}.values())[::-1]  # first kept
+    distinct: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+    for toks, tg in sentences:  # each distinct sentence once, with its first occurrence's tags, in file order
+        distinct.setdefault(tuple(toks), (toks, tg))
+    sentences = list(distinct.values())
     if len(sentences) < 3:
         raise CorpusError(f"{spec.path} holds {len(sentences)} distinct sentence(s) — training, validation and test "
                           "need at least three")
     order = np.random.default_rng(spec.split_seed).permutation(len(sentences))
     if spec.max_sentences:
+        if spec.max_sentences < 3:
+            raise CorpusError(f"--max-sentences {spec.max_sentences} leaves no room for training, validation and "
+                              "test — pass at least 3 (0 takes them all)")
         order = order[:spec.max_sentences]
     n_test = max(1, round(spec.test_fraction * len(order)))
     n_val = round(spec.val_fraction * (len(order) - n_test)) if spec.val_fraction else 0
@@ -207,7 +228,7 @@ def load_tagging(spec: TaggingSpec, vocab: TokenVocab | None = None, tags: list[
     if len(order) - n_test - n_val < 1:
         raise CorpusError(f"{len(order)} sentence(s) leave none to train on — pass more data or smaller fractions")
     test_idx, val_idx, fit_idx = order[:n_test], order[n_test:n_test + n_val], order[n_test + n_val:]
-    if tags is None:  # every tag of the file, so a rare tag the training part lacks is still scored
+    if tags is None:  # every tag of the sentences used, so a rare tag the training part lacks is still scored
         tags = DERIVED_TAGS[spec.task] if spec.task != "conll" else sorted({t for i in order for t in sentences[i][1]})
     if len(tags) < 2:
         raise CorpusError(f"{spec.path} uses one tag only ({tags[0]!r}) — a tagger needs at least two")

@@ -72,7 +72,10 @@ class SequenceTagger(nn.Module):
             if targets.shape != logits.shape[:2]:
                 raise ConfigError(f"targets of shape {tuple(targets.shape)} do not match the {tuple(logits.shape[:2])}"
                                   " steps — one tag per step, IGNORE_INDEX where there is none")
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+            # the sum over the tagged steps / their count: 0, not torch's NaN, for a batch with none tagged
+            total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX,
+                                    reduction="sum")
+            loss = total / (targets != IGNORE_INDEX).sum().clamp(min=1)
         return Output(logits, loss, state)
 
     def num_parameters(self) -> int:

@@ -190,7 +190,7 @@ class LoopTrainer(ABC):
         restore = self._install_sigint()
         bar = self._progress_bar()
         interval_loss, interval_n, interval_tokens, interval_time = 0.0, 0, 0, 0.0
-        norm, stopping = 0.0, self._stop
+        norm, stopping, ran = 0.0, self._stop, False
         try:
             while self.progress() < 1.0 and not stopping and (until_step is None or self.step < until_step):
                 t0 = time.perf_counter()
@@ -203,8 +203,10 @@ class LoopTrainer(ABC):
                 interval_loss, interval_n = interval_loss + loss, interval_n + 1
                 interval_tokens, interval_time = interval_tokens + n, interval_time + dt
                 self.elapsed += dt
+                ran = True
+                last = not stopping and (self.progress() >= 1.0 or (until_step is not None and self.step >= until_step))
                 figures = {}
-                if self.step % c.eval_interval == 0:
+                if self.step % c.eval_interval == 0 or last:  # the last step's row holds its interval and figures
                     figures = self._validate_and_save()
                 if self.step % c.log_interval == 0 or figures:
                     tps = interval_tokens / max(interval_time, 1e-9)
@@ -220,20 +222,17 @@ class LoopTrainer(ABC):
                 if bar is not None:
                     bar.update(min(self._bar_position(), bar.total) - bar.n)
             interrupted = stopping
-            # the steps since the last row get a row of their own: at the end of the budget (with the last
-            # validation) and at Ctrl-C (a resumed run's first row then covers only the steps it trained)
-            partial = {"loss": float(interval_loss) / interval_n if interval_n else None,
-                       "tokens_per_s": round(interval_tokens / max(interval_time, 1e-9), 1) if interval_n else None}
-            if self.step % c.eval_interval != 0 and not interrupted:
-                figures = self._validate_and_save()
-                self.metrics.log(step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
-                                 lr=self.lr(), grad_norm=float(norm), **partial, **figures)
-            elif interrupted:
+            if interrupted:
                 self.check_finite()
-                if interval_n:
+                if interval_n:  # the steps since the last row (a resumed run's first row covers only its own)
                     self.metrics.log(step=self.step, tokens=self.tokens_seen, elapsed_s=round(self.elapsed, 3),
-                                     lr=self.lr(), grad_norm=float(norm), **partial)
+                                     lr=self.lr(), loss=float(interval_loss) / interval_n, grad_norm=float(norm),
+                                     tokens_per_s=round(interval_tokens / max(interval_time, 1e-9), 1))
                 self.save()
+            elif not ran and self.step % c.eval_interval != 0:
+                # nothing left to train (a resume of a spent budget): the figures of where it stands, for the
+                # summary; metrics.csv has this step's row already, unless Ctrl-C came at the very last step
+                self._validate_and_save()
         finally:
             if bar is not None:
                 bar.close()
