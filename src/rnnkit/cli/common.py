@@ -59,6 +59,22 @@ def stopped(summary: dict, train_command: str, run_dir: Path) -> bool:
     return summary["interrupted"]
 
 
+def fit_and_report(trainer, group: str, run_dir: Path) -> int:
+    """Train a run that validates by accuracy (classify, tag) and say how it ended: the exit status, 130 for
+    Ctrl-C."""
+    summary = trainer.fit()
+    if stopped(summary, f"rnnkit {group} train", run_dir):
+        return 130
+    if trainer.validates:
+        done = (f"validation accuracy {summary['val_accuracy']:.4f}, loss {summary['val_loss']:.4f} (best "
+                f"checkpoint: accuracy {-trainer.best_key[0]:.4f})")
+    else:
+        done = "no validation split (--val-fraction 0): the final weights are kept"
+    info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; {done}; "
+         f"test it with: rnnkit {group} eval {run_dir}")
+    return 0
+
+
 def start_run(trainer, config: dict, run_dir: Path, resume: bool) -> None:
     """Resume ``trainer`` when asked, then record ``config.json`` with the training config as it now stands: at once
     for a new run, with the first checkpoint for a resumed one (``LoopTrainer.pending_config``)."""

@@ -13,12 +13,12 @@ from rnnkit.cli.common import (
     add_predictions_arg,
     add_run_args,
     budget,
+    fit_and_report,
     info,
     new_run_dir,
     resumed_config,
     start_run,
     stdin_lines,
-    stopped,
     write_jsonl,
 )
 from rnnkit.cliargs import DEFAULT_EPOCHS, EPOCHS_WITHOUT_BUDGET, Parser, add_dataclass_args, given, seed
@@ -121,17 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     info(f"model: {'bi' if m.bidirectional else ''}{m.cell.upper()} {m.num_layers}x{m.hidden_size}, "
          f"{model.num_parameters():,} parameters; budget "
          f"{budget(train_config)}, batch {train_config.batch_size}; run dir {run_dir}")
-    summary = trainer.fit()
-    if stopped(summary, "rnnkit tag train", run_dir):
-        return 130
-    if trainer.validates:
-        done = (f"validation accuracy {summary['val_accuracy']:.4f}, loss {summary['val_loss']:.4f} (best "
-                f"checkpoint: accuracy {-trainer.best_key[0]:.4f})")
-    else:
-        done = "no validation split (--val-fraction 0): the final weights are kept"
-    info(f"done: {summary['step']} steps in {summary['elapsed_s']:.0f} s; {done}; "
-         f"test it with: rnnkit tag eval {run_dir}")
-    return 0
+    return fit_and_report(trainer, "tag", run_dir)
 
 
 def _load(args: argparse.Namespace):
