@@ -208,7 +208,7 @@ class LoopTrainer(ABC):
                 figures = {}
                 if self.step % c.eval_interval == 0 or last:  # the last step's row holds its interval and figures
                     figures = self._validate_and_save()
-                if self.step % c.log_interval == 0 or figures:
+                if self.step % c.log_interval == 0 or figures or last:
                     tps = interval_tokens / max(interval_time, 1e-9)
                     norm, interval_loss = float(norm), float(interval_loss)
                     self.metrics.log(
