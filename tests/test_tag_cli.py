@@ -119,6 +119,8 @@ def test_resume_continues_and_refuses_changes(spaces_run, tmp_path, capsys):
     code, _, err = run(capsys, "tag", "train", "--resume", run_dir, "--max-steps", "250", "--quiet")
     assert code == 0, err
     assert json.loads((run_dir / CONFIG).read_text())["train"]["max_steps"] == 250
+    code, _, err = run(capsys, "tag", "train", "--resume", run_dir, "--quiet")
+    assert code == 0 and "the run's budget was spent at step 250, so nothing was trained — resume with a larger" in err
     before = (run_dir / MODEL).read_bytes()
     for flags, fragment in ((["--task", "case"], "--task cannot be given when resuming"),
                             (["--hidden-size", "48"], "--hidden-size cannot be given when resuming")):

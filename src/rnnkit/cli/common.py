@@ -56,6 +56,9 @@ def stopped(summary: dict, train_command: str, run_dir: Path) -> bool:
     """After ``fit``: True (and how to go on, on stderr) when Ctrl-C stopped the run; the verb then exits 130."""
     if summary["interrupted"]:
         info(f"stopped at step {summary['step']}; continue with: {train_command} --resume {run_dir}")
+    elif summary.get("steps_run") == 0:
+        info(f"the run's budget was spent at step {summary['step']}, so nothing was trained — resume with a larger "
+             "--max-steps, --epochs or --minutes")
     return summary["interrupted"]
 
 

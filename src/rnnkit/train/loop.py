@@ -190,7 +190,7 @@ class LoopTrainer(ABC):
         restore = self._install_sigint()
         bar = self._progress_bar()
         interval_loss, interval_n, interval_tokens, interval_time = 0.0, 0, 0, 0.0
-        norm, stopping, ran = 0.0, self._stop, False
+        norm, stopping, ran, first_step = 0.0, self._stop, False, self.step
         try:
             while self.progress() < 1.0 and not stopping and (until_step is None or self.step < until_step):
                 t0 = time.perf_counter()
@@ -240,7 +240,8 @@ class LoopTrainer(ABC):
         self.metrics.plot()
         return {
             "step": self.step, "tokens": self.tokens_seen, "elapsed_s": self.elapsed, "val_loss": self.last_val,
-            "best_val_loss": self.best_val, "interrupted": interrupted, **self.last_figures,
+            "best_val_loss": self.best_val, "interrupted": interrupted, "steps_run": self.step - first_step,
+            **self.last_figures,
         }
 
     def _fmt_val(self) -> str:
