@@ -176,3 +176,20 @@ def test_models_trained_on_the_same_seed_agree(english, tmp_path, capsys):
     a, _ = load_weights(tmp_path / "a", kind="tagger")
     b, _ = load_weights(tmp_path / "b", kind="tagger")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_a_crf_run_trains_evaluates_and_predicts_with_viterbi(english, tmp_path, capsys):
+    pytest.importorskip("torchcrf", reason="--crf needs pytorch-crf (the crf extra)")
+    code, _, err = run(capsys, "tag", "train", "--data", english, "--task", "case", "--crf", "--max-steps", "30",
+                       "--out", tmp_path / "crf", *SMALL)
+    assert code == 0, err
+    model, config = load_weights(tmp_path / "crf", kind="tagger")
+    assert config["model"]["crf"] and {"crf.transitions", "crf.start_transitions"} <= set(model.state_dict())
+    code, out, err = run(capsys, "tag", "eval", tmp_path / "crf", "--json", "--no-baselines")
+    assert code == 0, err
+    vocab = TokenVocab.from_dict(config["vocab"])
+    data = load_tagging(TaggingSpec(**config["data"]["spec"]), vocab, config["tags"], verify=True)
+    assert json.loads(out)["accuracy"] == pytest.approx(evaluate(model, data, "cpu", with_baselines=False)["accuracy"])
+    code, out, err = run(capsys, "tag", "predict", tmp_path / "crf", "where is tom?", "--json")
+    chars = list("where is tom?")
+    assert code == 0 and json.loads(out)["tags"] == tag_tokens(model, vocab, config["tags"], [chars])[0]

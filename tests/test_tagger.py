@@ -259,3 +259,67 @@ def test_learns_a_real_task_beyond_the_per_character_baseline(real_sentences, ta
 def test_vocab_ids_keep_tokens_as_they_are():
     vocab = TokenVocab(["Dog", "dog", "."], "word")
     assert vocab.ids(["Dog", "dog", "DOG", "."]).tolist() == [2, 3, 1, 4]
+
+
+# -- the CRF -------------------------------------------------------------------------------------------------
+def crf_model(seed=0) -> SequenceTagger:
+    pytest.importorskip("torchcrf", reason="--crf needs pytorch-crf (the crf extra)")
+    torch.manual_seed(seed)
+    model = SequenceTagger(SequenceTaggerConfig(vocab_size=12, num_tags=3, hidden_size=8, embedding_size=4,
+                                                dropout=0.0, crf=True)).double().eval()
+    with torch.no_grad():  # transitions far from their small initial values, so they decide something
+        for p in model.crf.parameters():
+            p.normal_(0.0, 2.0)
+    return model
+
+
+def sequence_score(model, emissions, tags) -> torch.Tensor:
+    """start + emissions + transitions + end of one tag sequence, written out."""
+    crf = model.crf
+    score = crf.start_transitions[tags[0]] + crf.end_transitions[tags[-1]]
+    score = score + sum(emissions[t, k] for t, k in enumerate(tags))
+    return score + sum(crf.transitions[a, b] for a, b in zip(tags, tags[1:], strict=False))
+
+
+def test_crf_loss_and_viterbi_against_every_tag_sequence():
+    import itertools
+
+    model = crf_model()
+    data = examples(lengths=(4, 2, 3), seed=5)
+    data = TaggedExamples(data.inputs, [y % 3 for y in data.targets])
+    batch = data.batch([0, 1, 2])
+    out = model(batch.x, None, batch.y, lengths=batch.lengths)
+    total, best = 0.0, []
+    for i, n in enumerate(batch.lengths.tolist()):
+        emissions = out.logits[i, :n]
+        scores = {seq: sequence_score(model, emissions, seq) for seq in itertools.product(range(3), repeat=n)}
+        log_z = torch.logsumexp(torch.stack(list(scores.values())), 0)
+        total = total + log_z - scores[tuple(batch.y[i, :n].tolist())]
+        best.append(max(scores, key=lambda s: scores[s].item()))
+    torch.testing.assert_close(out.loss, total / 9)  # the sentences' NLL over their 9 tagged steps
+    decoded = model.decode(batch.x, batch.lengths)
+    assert [decoded[i, :len(b)].tolist() for i, b in enumerate(best)] == [list(b) for b in best]
+    assert decoded[1, 2:].eq(0).all()
+    argmax = out.logits.argmax(-1)  # the transitions matter here: some sentence's Viterbi path is not the argmax
+    assert any(decoded[i, :n].tolist() != argmax[i, :n].tolist() for i, n in enumerate(batch.lengths.tolist()))
+
+
+def test_crf_refuses_untagged_steps_inside_a_sentence_and_learns_a_real_task(tmp_path):
+    model = crf_model()
+    batch = examples(lengths=(4, 3)).batch([0, 1])
+    y = batch.y % 3
+    y[0, 1] = IGNORE_INDEX
+    with pytest.raises(ConfigError, match="a CRF reads whole sentences"):
+        model(batch.x, None, y, lengths=batch.lengths)
+    spec = TaggingSpec(str(require_data("spa-eng/spa.txt")), task="spaces", max_sentences=3000)
+    data = load_tagging(spec)
+    torch.manual_seed(0)
+    tagger = SequenceTagger(SequenceTaggerConfig(vocab_size=len(data.vocab), num_tags=2, hidden_size=64, crf=True))
+    trainer = TaggingTrainer(tagger, data.train, data.val, BatchTrainConfig(max_steps=150, eval_interval=150),
+                             tmp_path, show_progress=False)
+    trainer.fit()
+    ours = score(data.test.targets, predict_tags(tagger, data.test), data.tags)
+    base = score(data.test.targets, most_frequent_tag(data.train_tokens, [*data.train.targets, *data.val.targets],
+                                                      data.test_tokens), data.tags)
+    assert ours["macro_f1"] > base["macro_f1"] + 0.05, (ours, base)
+    assert -trainer.best_key[0] == pytest.approx(tagging_figures(tagger, data.val, torch.device("cpu"))[1])

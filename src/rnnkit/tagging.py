@@ -23,12 +23,13 @@ KIND = "tagger"
 @torch.no_grad()
 def predict_tags(model: nn.Module, examples: TaggedExamples, device: str | torch.device = "cpu",
                  batch_size: int = 128) -> list[np.ndarray]:
-    """The most likely tag id of every step of every sequence, in order."""
+    """The tag ids of every step of every sequence, in order (``model.decode``: each step's most likely tag, or the
+    most likely sequence under a CRF)."""
     was_training = model.training
     model.eval()
     out = []
     for b in examples.batches(batch_size):
-        best = model(b.x.to(device), lengths=b.lengths).logits.argmax(-1).cpu().numpy()  # (B, T)
+        best = model.decode(b.x.to(device), b.lengths).cpu().numpy()  # (B, T)
         out += [best[i, :n] for i, n in enumerate(b.lengths.tolist())]
     model.train(was_training)
     return out

@@ -197,7 +197,7 @@ def tagging_figures(model: nn.Module, examples, device: torch.device, batch_size
         valid = b.y != IGNORE_INDEX
         k = int(valid.sum())
         total, n = total + out.loss.item() * k, n + k
-        correct += int((out.logits.argmax(-1) == b.y)[valid].sum())
+        correct += int((model.best_tags(out.logits, b.lengths) == b.y)[valid].sum())  # argmax, or a CRF's Viterbi
     model.train(was_training)
     return total / max(n, 1), correct / max(n, 1)
 
