@@ -108,11 +108,14 @@ def test_read_conll_columns_comments_and_sentences(tmp_path):
     assert read_conll(conllu, token_column=2, tag_column=4) == [(["Dogs", "bark"], ["NOUN", "VERB"])]
     ranges = tmp_path / "ranges.conllu"  # "al" is "a" + "el": the range line is not a word; nor is an empty node
     ranges.write_text("# text = Vamos al mar.\n1\tVamos\tir\tVERB\t_\t_\t_\t_\t_\t_\n"
-                      "2-3\tal\t_\t_\t_\t_\t_\t_\t_\t_\n2\ta\ta\tADP\t_\t_\t_\t_\t_\t_\n"
+                      "2-3\tal\t_\t_\t_\t_\t_\t_\t_\t_\t_\n2\ta\ta\tADP\t_\t_\t_\t_\t_\t_\n"
                       "3\tel\tel\tDET\t_\t_\t_\t_\t_\t_\n3.1\tmar\t_\t_\t_\t_\t_\t_\t_\t_\n"
                       "4\tmar\tmar\tNOUN\t_\t_\t_\t_\t_\t_\n", "utf-8")
     assert read_conll(ranges, token_column=2, tag_column=4) == [(["Vamos", "a", "el", "mar"],
                                                                  ["VERB", "ADP", "DET", "NOUN"])]
+    spaced = tmp_path / "chunks.txt"  # CoNLL-2000 is space-separated and has no comments: "# # B-NP" is a token
+    spaced.write_text("# # B-NP\n5 CD I-NP\n\n#hashtag NN O\n", "utf-8")
+    assert read_conll(spaced) == [(["#", "5"], ["B-NP", "I-NP"]), (["#hashtag"], ["O"])]
     pound = tmp_path / "ptb.conll"  # the Penn Treebank's pound sign is a token, even first in a sentence
     pound.write_text("# a comment\n#\t#\n5\tCD\n\nUS\tNNP\n#\t#\n", "utf-8")
     assert read_conll(pound) == [(["#", "5"], ["#", "CD"]), (["US", "#"], ["NNP", "#"])]

@@ -295,6 +295,13 @@ def test_every_trained_step_is_in_one_logged_row_across_ctrl_c_and_resume(small_
     rows = [r for r in every if r["loss"] is not None]
     assert [int(r["step"]) for r in rows] == [5, 10, 13, 15, 20, 23] == [int(r["step"]) for r in every]
     assert rows[-1]["val_loss"] is not None  # the last row holds the last interval and the final validation
+    elapsed = [r["elapsed_s"] for r in every]
+    assert elapsed == sorted(elapsed)  # a resume starts from the time the checkpoint recorded, validation included
+    third = recording(make_trainer(make_model(len(vocab)), ids, run, max_steps=30), stop_after=30)
+    third.resume()  # Ctrl-C during the budget's last step: the step is validated and kept, and the run is done
+    summary = third.fit()
+    assert not summary["interrupted"] and summary["step"] == 30 and summary["steps_run"] == 7
+    assert MetricsLog(run).rows()[-1]["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
     edges = [0, 5, 10, 13, 15, 20, 23]
     for row, lo, hi in zip(rows, edges[:-1], edges[1:], strict=True):
         want = np.mean([losses[s] for s in range(lo + 1, hi + 1)])

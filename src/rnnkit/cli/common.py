@@ -57,8 +57,9 @@ def stopped(summary: dict, train_command: str, run_dir: Path) -> bool:
     if summary["interrupted"]:
         info(f"stopped at step {summary['step']}; continue with: {train_command} --resume {run_dir}")
     elif summary.get("steps_run") == 0:
+        flags = "--max-steps or --minutes" if train_command == "rnnkit train" else "--max-steps, --epochs or --minutes"
         info(f"the run's budget was spent at step {summary['step']}, so nothing was trained — resume with a larger "
-             "--max-steps, --epochs or --minutes")
+             f"{flags}")
     return summary["interrupted"]
 
 

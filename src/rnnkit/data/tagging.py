@@ -4,8 +4,9 @@ Two kinds of source:
 
 - ``conll``: a CoNLL-style file, one token per line (``token<TAB>tag``, or more tab- or space-separated columns:
   the first is the token, the last the tag; CoNLL-U's FORM and UPOS are columns 2 and 4, see ``--token-column`` /
-  ``--tag-column``), a blank line between sentences, comment lines (``#`` and no tab, before a sentence) and
-  CoNLL-U's multiword ranges skipped. Part-of-speech, chunk and named-entity corpora come this way.
+  ``--tag-column``), a blank line between sentences, comment lines (in a tab-separated file: ``#`` and no tab,
+  before a sentence) and CoNLL-U's multiword ranges skipped. Part-of-speech, chunk and named-entity corpora come
+  this way.
 - ``spaces`` and ``case``: tasks derived from plain text, one sentence a line (the first tab-separated field, so the
   English side of a Tatoeba pair file): ``spaces`` reads the characters with the spaces taken out and tags each one
   with whether a word ends after it (word segmentation); ``case`` reads the lower-cased characters and tags each one
@@ -119,24 +120,27 @@ class TaggingData:
 
 # -- reading -------------------------------------------------------------------------------------------------
 def read_conll(path: str | Path, token_column: int = 1, tag_column: int = 0) -> list[tuple[list[str], list[str]]]:
-    """``[(tokens, tags), ...]`` from a CoNLL-style file (see the module docstring). A line that starts with ``#``
-    and holds no tab, before a sentence's first token, is a comment (``#<TAB>#`` is the Penn Treebank's pound sign,
-    a token); CoNLL-U's multiword-token ranges (``2-3``) and empty nodes (``4.1``) are skipped, as their words
+    """``[(tokens, tags), ...]`` from a CoNLL-style file (see the module docstring). In a tab-separated file, a line
+    that starts with ``#`` and holds no tab, before a sentence's first token, is a comment (``#<TAB>#`` is the Penn
+    Treebank's pound sign, a token); a space-separated file (CoNLL-2000, -2003) has no comments, so ``# # B-NP`` is a
+    token line. CoNLL-U's multiword-token ranges (``2-3``) and empty nodes (``4.1``) are skipped, as their words
     are on the lines that follow."""
     if token_column == tag_column:
         raise CorpusError(f"--token-column and --tag-column are both {token_column} — the tag needs a column of its "
                           "own")
     sentences, tokens, tags, width = [], [], [], None
-    for n, line in enumerate(read_lines(Path(path)), 1):
+    lines = read_lines(Path(path))
+    tabbed = any("\t" in line for line in lines)  # comments exist in tab-separated files (CoNLL-U) only
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             if tokens:
                 sentences.append((tokens, tags))
                 tokens, tags = [], []
             continue
-        if line.startswith("#") and not tokens and "\t" not in line:
+        if tabbed and line.startswith("#") and not tokens and "\t" not in line:
             continue
         cols = line.split("\t") if "\t" in line else line.split()
-        if len(cols) == 10 and re.fullmatch(r"\d+[-.]\d+", cols[0]):  # a CoNLL-U range or empty node
+        if len(cols) >= 10 and re.fullmatch(r"\d+[-.]\d+", cols[0]):  # a CoNLL-U range or empty node
             continue
         need = max(token_column, tag_column, 2)
         if len(cols) < need:

@@ -97,16 +97,16 @@ class SequenceTagger(nn.Module):
 
     @torch.no_grad()
     def decode(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """The tags ``(B, T)`` of every step (0 past each length): each step's most likely tag, or with a CRF the
+        """The tags ``(B, T)`` of every step, 0 past each length: each step's most likely tag, or with a CRF the
         most likely sequence (Viterbi)."""
         return self.best_tags(self(x, lengths=lengths).logits, lengths)
 
     @torch.no_grad()
     def best_tags(self, logits: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``decode`` from the logits ``(B, T, K)`` that ``forward`` gave."""
-        if self.crf is None:
-            return logits.argmax(-1)
         mask = valid_mask(lengths, *logits.shape[:2], logits.device)
+        if self.crf is None:
+            return logits.argmax(-1).masked_fill(~mask, 0)
         out = torch.zeros(logits.shape[:2], dtype=torch.long, device=logits.device)
         for i, path in enumerate(self.crf.decode(logits, mask)):
             out[i, :len(path)] = torch.tensor(path, device=logits.device)
@@ -121,5 +121,5 @@ def _crf(num_tags: int) -> nn.Module:
     try:
         from torchcrf import CRF
     except ImportError:
-        raise ConfigError("--crf needs pytorch-crf — pip install 'rnnkit[crf]'") from None
+        raise ConfigError("a CRF tagger (--crf) needs pytorch-crf — pip install 'rnnkit[crf]'") from None
     return CRF(num_tags, batch_first=True)

@@ -204,7 +204,7 @@ class LoopTrainer(ABC):
                 interval_tokens, interval_time = interval_tokens + n, interval_time + dt
                 self.elapsed += dt
                 ran = True
-                last = not stopping and (self.progress() >= 1.0 or (until_step is not None and self.step >= until_step))
+                last = self.progress() >= 1.0 or (until_step is not None and self.step >= until_step)
                 figures = {}
                 if self.step % c.eval_interval == 0 or last:  # the last step's row holds its interval and figures
                     figures = self._validate_and_save()
@@ -221,7 +221,8 @@ class LoopTrainer(ABC):
                     interval_loss, interval_n, interval_tokens, interval_time = 0.0, 0, 0, 0.0
                 if bar is not None:
                     bar.update(min(self._bar_position(), bar.total) - bar.n)
-            interrupted = stopping
+            # Ctrl-C during the budget's last step: that step was validated and saved as the last; the run is done
+            interrupted = stopping and not (ran and last)
             if interrupted:
                 self.check_finite()
                 if interval_n:  # the steps since the last row (a resumed run's first row covers only its own)
@@ -295,8 +296,9 @@ class LoopTrainer(ABC):
         improved = self.best_key is None or key < self.best_key
         if improved:
             self.best_val, self.best_key = val, key
-        self.save(best=improved)
+        # the validation's time counts before the checkpoint records it: a resume then starts where metrics.csv is
         self.elapsed = self.ranks.from_main(self.elapsed + time.perf_counter() - t0)
+        self.save(best=improved)
         return figures
 
     # -- checkpoints -----------------------------------------------------------------------------------------
