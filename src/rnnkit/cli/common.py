@@ -10,9 +10,9 @@ from pathlib import Path
 def add_load_args(p: argparse.ArgumentParser) -> None:
     """``--weights best|last`` and ``--device`` for verbs that load a run directory."""
     p.add_argument("--weights", choices=("best", "last"), default="best",
-                   help="best: the checkpoint with the best validation figure (loss; accuracy for classifiers, "
-                        "error rate for recognisers), or the latest until a first validation; last: the latest "
-                        "weights (default: best)")
+                   help="best: the checkpoint with the best validation figure (loss; accuracy for classifiers "
+                        "and taggers, error rate for recognisers), or the latest until a first validation; last: the "
+                        "latest weights (default: best)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
 
 
