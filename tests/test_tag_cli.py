@@ -3,6 +3,7 @@ same data, resume, and one-line errors."""
 
 import io
 import json
+import re
 import shutil
 import sys
 
@@ -193,3 +194,32 @@ def test_a_crf_run_trains_evaluates_and_predicts_with_viterbi(english, tmp_path,
     code, out, err = run(capsys, "tag", "predict", tmp_path / "crf", "where is tom?", "--json")
     chars = list("where is tom?")
     assert code == 0 and json.loads(out)["tags"] == tag_tokens(model, vocab, config["tags"], [chars])[0]
+
+
+def test_eval_and_resume_refuse_a_data_file_that_changed(spaces_run, english, tmp_path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(spaces_run, run_dir)
+    changed = tmp_path / "changed.txt"  # the same path in config.json, other contents: the sha256 tells them apart
+    changed.write_text(english.read_text("utf-8") + "A sentence the run never saw.\n", "utf-8")
+    config = json.loads((run_dir / CONFIG).read_text())
+    config["data"]["spec"]["path"] = str(changed)
+    (run_dir / CONFIG).write_text(json.dumps(config))
+    code, _, err = run(capsys, "tag", "eval", run_dir, "--no-baselines")
+    assert_user_error(code, err, "changed since the run was trained")
+    code, _, err = run(capsys, "tag", "train", "--resume", run_dir, "--max-steps", "250", "--quiet")
+    assert_user_error(code, err, "changed since the run was trained")
+
+
+def test_eval_names_its_predictions_file_and_lists_the_lowest_f1_first(spaces_run, capsys, tmp_path):
+    predictions = tmp_path / "p.jsonl"
+    code, out, err = run(capsys, "tag", "eval", spaces_run, "--json", "--no-baselines", "--predictions", predictions)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["predictions"] == str(predictions) and "baselines" not in result
+    code, out, err = run(capsys, "tag", "eval", spaces_run, "--no-baselines")
+    assert code == 0, err
+    line = next(row for row in out.splitlines() if row.startswith("lowest F1: "))
+    listed = [(tag, float(f1), int(n)) for tag, f1, n in re.findall(r"(\S+) (\d\.\d{3}) \((\d+)\)", line)]
+    want = sorted(result["per_tag"].items(), key=lambda kv: kv[1]["f1"])
+    assert [t for t, _, _ in listed] == [t for t, _ in want] and want[0][1]["f1"] < want[1][1]["f1"]
+    assert [(f1, n) for _, f1, n in listed] == [(round(r["f1"], 3), r["support"]) for _, r in want]

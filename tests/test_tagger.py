@@ -25,7 +25,7 @@ from rnnkit.data.tagging import (
 )
 from rnnkit.errors import ConfigError, CorpusError
 from rnnkit.models.tagger import SequenceTagger, SequenceTaggerConfig
-from rnnkit.tagging import predict_tags, score, tag_tokens
+from rnnkit.tagging import evaluate, predict_tags, score, tag_tokens
 from rnnkit.train.batches import BatchTrainConfig, TaggingTrainer, tagging_figures
 
 
@@ -326,3 +326,148 @@ def test_crf_refuses_untagged_steps_inside_a_sentence_and_learns_a_real_task(tmp
                                                       data.test_tokens), data.tags)
     assert ours["macro_f1"] > base["macro_f1"] + 0.05, (ours, base)
     assert -trainer.best_key[0] == pytest.approx(tagging_figures(tagger, data.val, torch.device("cpu"))[1])
+
+
+# -- what the mutation review found untested -----------------------------------------------------------------
+def test_a_hash_line_inside_a_sentence_is_a_token_not_a_comment(tmp_path):
+    path = tmp_path / "mid.conll"  # a comment comes before a sentence; "#  SYM" after its first token is a token
+    path.write_text("# a comment\nIt\tPRP\n#  SYM\n\n", "utf-8")
+    assert read_conll(path) == [(["It", "#"], ["PRP", "SYM"])]
+
+
+def tokens_to_tags(data) -> dict[tuple[str, ...], list[str]]:
+    """Every sentence of every split: its tokens -> its tag names (``train_tokens`` is train then validation)."""
+    targets = [*data.train.targets, *data.val.targets, *data.test.targets]
+    return {tuple(s): [data.tags[t] for t in y]
+            for s, y in zip([*data.train_tokens, *data.test_tokens], targets, strict=True)}
+
+
+def test_a_duplicate_keeps_its_first_occurrence_and_max_sentences_is_exact(tmp_path):
+    path = tmp_path / "t.txt"  # "Tom" and "tom" are one sentence to truecasing: the first one's capitals count
+    path.write_text("Tom is here.\n" + "".join(f"Line {i}.\n" for i in range(20)) + "tom is here.\n", "utf-8")
+    data = load_tagging(TaggingSpec(str(path), task="case"))
+    assert len(data.train) + len(data.val) + len(data.test) == 21
+    assert tokens_to_tags(data)[tuple("tom is here.")] == list("U-----------")
+    for n in (5, 7, 20):
+        data = load_tagging(TaggingSpec(str(path), task="case", max_sentences=n, val_fraction=0.25))
+        assert len(data.train) + len(data.val) + len(data.test) == n
+
+
+def test_the_tag_set_is_every_sentence_s_and_the_vocabulary_the_training_part_s(tmp_path):
+    path = tmp_path / "v.conll"  # w{i} is in sentence i only; "x" once a sentence, "y" in sentences 0 and 1
+    sentences = [[f"w{i}", "x", *(["y"] if i < 2 else [])] for i in range(12)]
+    tags = [["N", "V", *(["N"] if i < 2 else [])] for i in range(12)]
+    tags[5][0] = "RARE"  # one step of one sentence: in the tag set wherever the split puts it
+    path.write_text("".join("".join(f"{w}\t{t}\n" for w, t in zip(s, g, strict=True)) + "\n"
+                            for s, g in zip(sentences, tags, strict=True)), "utf-8")
+    placed = set()
+    for seed in range(6):
+        data = load_tagging(TaggingSpec(str(path), test_fraction=0.25, val_fraction=0.2, split_seed=seed))
+        assert data.tags == ["N", "RARE", "V"]
+        placed.add("train" if ["w5", "x"] in data.train_tokens[:len(data.train)] else "held out")
+        fit = data.train_tokens[:len(data.train)]
+        assert data.vocab.tokens == ["<pad>", "<unk>", *sorted({w for s in fit for w in s})]
+        twice = load_tagging(TaggingSpec(str(path), test_fraction=0.25, val_fraction=0.2, split_seed=seed,
+                                         min_count=2))
+        counts = {w: sum(s.count(w) for s in fit) for w in ("x", "y")}
+        assert twice.vocab.tokens == ["<pad>", "<unk>", *(w for w in ("x", "y") if counts[w] >= 2)]
+    assert placed == {"train", "held out"}  # the rare tag was held out by some split, so the tag set was tested
+
+
+def test_decode_is_each_step_s_argmax_and_zero_past_each_length():
+    model = make()
+    with torch.no_grad():
+        model.head.bias[1] = 10.0  # tag 1 wins every step, the padded ones included
+    batch = examples().batch([0, 1, 2])
+    logits = model(batch.x, lengths=batch.lengths).logits
+    decoded = model.decode(batch.x, batch.lengths)
+    argmax = logits.argmax(-1)
+    for i, n in enumerate(batch.lengths.tolist()):
+        assert decoded[i, :n].tolist() == argmax[i, :n].tolist() and decoded[i, n:].eq(0).all()
+    assert argmax.eq(1).all()  # the padded steps' own argmax is 1: the masking is what zeroes them
+
+
+def test_tagging_figures_are_per_tagged_step_by_hand():
+    model = make()
+    data = examples()  # 5, 3 and 7 steps: batches of 2 sentences (8 steps) then 1 (7 steps)
+    ce, right, steps = 0.0, 0, 0
+    for i in range(3):
+        logits = model(data.batch([i]).x).logits[0]
+        y = torch.from_numpy(data.targets[i])
+        ce += F.cross_entropy(logits, y, reduction="sum").item()
+        right, steps = right + int((logits.argmax(-1) == y).sum()), steps + len(y)
+    loss, accuracy = tagging_figures(model, data, torch.device("cpu"), batch_size=2)
+    assert loss == pytest.approx(ce / steps, rel=1e-5) and accuracy == pytest.approx(right / steps)
+
+
+def test_crf_tagging_figures_count_the_viterbi_path():
+    model = crf_model()
+    data = examples(lengths=(4, 2, 3), seed=5)
+    data = TaggedExamples(data.inputs, [y % 3 for y in data.targets])
+    pred = predict_tags(model, data)
+    right = sum(int((p == y).sum()) for p, y in zip(pred, data.targets, strict=True))
+    batch = data.batch([0, 1, 2])
+    argmax = model(batch.x, lengths=batch.lengths).logits.argmax(-1)
+    greedy = sum(int((argmax[i, :len(y)].numpy() == y).sum()) for i, y in enumerate(data.targets))
+    assert right != greedy  # the Viterbi path scores differently from each step's argmax here
+    assert tagging_figures(model, data, torch.device("cpu"))[1] == pytest.approx(right / 9)
+
+
+def test_score_by_hand_with_a_tag_never_predicted_one_never_present_and_one_unused():
+    # A: 3 steps, 4 predicted, 2 right; B: 2 steps, never predicted; C: predicted once, never present; D: neither
+    got = score([np.array([0, 0, 1]), np.array([1, 0])], [np.array([0, 2, 0]), np.array([0, 0])], list("ABCD"))
+    assert set(got["per_tag"]) == {"A", "B", "C"}
+    assert got["per_tag"]["A"] == pytest.approx({"precision": 0.5, "recall": 2 / 3, "f1": 4 / 7, "support": 3})
+    assert got["per_tag"]["B"] == {"precision": None, "recall": 0.0, "f1": 0.0, "support": 2}
+    assert got["per_tag"]["C"] == {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}
+    assert got["macro_f1"] == pytest.approx(4 / 7 / 3) and got["accuracy"] == pytest.approx(2 / 5)
+    assert got["sentence_accuracy"] == 0.0
+
+
+def test_score_recall_agrees_with_scikit_learn():
+    metrics = pytest.importorskip("sklearn.metrics", reason="the reference scores come from scikit-learn")
+    rng = np.random.default_rng(7)
+    truth = [rng.integers(0, 5, n) for n in (8, 5, 12)]
+    pred = [np.where(rng.random(len(t)) < 0.6, t, rng.integers(0, 5, len(t))) for t in truth]
+    got = score(truth, pred, list("ABCDE"))
+    y, p = np.concatenate(truth), np.concatenate(pred)
+    _, recall, _, _ = metrics.precision_recall_fscore_support(y, p, labels=range(5), zero_division=0)
+    assert [got["per_tag"][t]["recall"] for t in "ABCDE"] == pytest.approx(recall.tolist())
+
+
+def test_most_frequent_tag_breaks_ties_by_the_lower_id():
+    got = most_frequent_tag([["a", "b"], ["a", "b"]], [[3, 2], [1, 2]], [["a", "new"]])
+    assert got[0].tolist() == [1, 2]  # "a": 3 once, 1 once -> 1; overall 2 twice
+    got = most_frequent_tag([["a"], ["b"]], [[4], [2]], [["c"]])
+    assert got[0].tolist() == [2]  # overall 4 once, 2 once -> 2
+
+
+def test_the_maximum_entropy_tagger_stops_fitting_at_its_step_cap(monkeypatch):
+    pytest.importorskip("sklearn", reason="the maximum-entropy baseline needs scikit-learn")
+    from rnnkit.baselines import tag as baselines
+
+    monkeypatch.setattr(baselines, "MAX_TRAIN_STEPS", 4)  # the first sentences up to 4 steps: tags 3 and 4 unseen
+    train_tokens = [["a", "b"], ["c", "d"], ["e", "f"]]
+    got = maxent_tags(train_tokens, [[0, 1], [1, 0], [3, 4]], [["e", "f"], ["a", "b"]])
+    assert {int(t) for g in got for t in g} <= {0, 1}
+
+
+def test_input_tokens_of_a_conll_run_are_the_whitespace_separated_words():
+    assert input_tokens(" The  dog\tbarks ", "conll") == ["The", "dog", "barks"]
+    assert render(["The", "dog"], ["DT", "NN"], "conll") == "The/DT dog/NN"
+
+
+def test_evaluate_scores_each_baseline_under_its_own_name(tmp_path):
+    pytest.importorskip("sklearn", reason="the maximum-entropy baseline needs scikit-learn")
+    path = tmp_path / "e.txt"
+    path.write_text("".join(f"Tom saw Mary {i} times.\nthe cat {i} sat.\n" for i in range(15)), "utf-8")
+    data = load_tagging(TaggingSpec(str(path), task="case", test_fraction=0.2))
+    torch.manual_seed(0)
+    model = SequenceTagger(SequenceTaggerConfig(vocab_size=len(data.vocab), num_tags=2, hidden_size=8))
+    got = evaluate(model, data)
+    train_tags = [*data.train.targets, *data.val.targets]
+    for name, method in (("most_frequent_tag", most_frequent_tag), ("maxent_window", maxent_tags)):
+        want = score(data.test.targets, method(data.train_tokens, train_tags, data.test_tokens), data.tags)
+        assert got["baselines"][name] == pytest.approx({k: want[k] for k in ("accuracy", "macro_f1",
+                                                                             "sentence_accuracy")}), name
+    assert got["baselines"]["most_frequent_tag"] != got["baselines"]["maxent_window"]
